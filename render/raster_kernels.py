@@ -1,0 +1,604 @@
+"""numba kernels of the z-buffer rasterizer: setup -> triangle -> fragment, then a deferred shading pass.
+
+Pure functions of arrays and numbers (STYLE rule 4); ``render.rasterizer`` packs scenes into these
+arrays and unpacks the results into ``Frame``s.
+
+Conventions shared with the packing code
+- Clip space is OpenGL's: a point is inside the view volume when -w <= x, y, z <= w. Raster
+  coordinates have x right in [0, W] and y down in [0, H]; pixel (i, j) has its centre at
+  (j + 0.5, i + 0.5).
+- Every vertex also carries a *view depth* ``d = dvec . (p, 1)``, the distance along the view axis
+  (the camera's forward axis, a cube-map face's axis, a directional light's travel direction). It is
+  interpolated perspective-correctly, so the depth buffer holds exactly the metric depth the Frame
+  reports (and the path tracer's ray distance times cos of the ray to the axis).
+- Vertices are snapped to 1/256 pixel (``SUBPIXEL``) and edge functions are evaluated exactly in
+  int64; the guard band (``_guard``) keeps every snapped coordinate below 2**21 pixels, so edge
+  products stay below 2**60.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+SUBPIXEL = 256  # fixed-point steps per pixel (8 bits)
+HALF_SUB = 128  # a pixel centre's offset in fixed point
+MAX_POLY = 16   # a triangle clipped by 6 planes has at most 9 corners
+# Raster modes.
+MODE_VISIBILITY, MODE_DEPTH, MODE_COUNT = 0, 1, 2
+# Light kinds in the packed light table.
+L_POINT, L_DIRECTIONAL, L_AREA_SAMPLE = 0, 1, 2
+# Material codes (render.scene).
+DIFFUSE, METAL, GLASS, EMITTER = 0, 1, 2, 3
+GLASS_ALPHA = 0.05  # GGX alpha of the highlight drawn on glass (a tinted reflective surface)
+INV_PI = 1.0 / math.pi
+
+
+@njit(cache=True)
+def _guard(width, height):
+    """Guard-band half extent in NDC units: |x/w|, |y/w| <= G keeps raster coords < 2**20 px."""
+    return float(2 ** 20) / max(width, height)
+
+
+@njit(cache=True)
+def _top_left_bias(ax, ay, bx, by):
+    """0 for a top or left edge a->b of a positive-area triangle (raster y down), else -1.
+
+    With positive area the interior is left of a->b in raster space. A left edge goes up
+    (dy < 0); a top edge is horizontal with the interior below, which means it runs right (dx > 0).
+    Pixels centred exactly on an edge belong to the triangle only if the edge is top or left, so
+    two triangles sharing that edge (which see it in opposite directions) never both take them.
+    """
+    dy = by - ay
+    dx = bx - ax
+    if dy < 0 or (dy == 0 and dx > 0):
+        return 0
+    return -1
+
+
+@njit(cache=True)
+def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize one clipped triangle. va, vb, vc: (8,) float64 rows [x, y, z, w, d, b0, b1, b2]
+    (clip position, view depth, barycentrics in the original triangle). Writes the buffers."""
+    iwa = 1.0 / va[3]
+    iwb = 1.0 / vb[3]
+    iwc = 1.0 / vc[3]
+    sub_w = width * SUBPIXEL * 0.5
+    sub_h = height * SUBPIXEL * 0.5
+    x0 = np.int64(math.floor((va[0] * iwa + 1.0) * sub_w + 0.5))
+    y0 = np.int64(math.floor((1.0 - va[1] * iwa) * sub_h + 0.5))
+    x1 = np.int64(math.floor((vb[0] * iwb + 1.0) * sub_w + 0.5))
+    y1 = np.int64(math.floor((1.0 - vb[1] * iwb) * sub_h + 0.5))
+    x2 = np.int64(math.floor((vc[0] * iwc + 1.0) * sub_w + 0.5))
+    y2 = np.int64(math.floor((1.0 - vc[1] * iwc) * sub_h + 0.5))
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    if area == 0:
+        return
+    # Counter-clockwise in NDC (y up) is clockwise in raster space (y down): negative area.
+    if area > 0:
+        if cull:
+            return
+        q0, q1, q2 = va, vb, vc
+        w0, w1, w2 = iwa, iwb, iwc
+    else:
+        # Reorder to positive area so that "inside" means all edge functions >= 0.
+        area = -area
+        x1, y1, x2, y2 = x2, y2, x1, y1
+        q0, q1, q2 = va, vc, vb
+        w0, w1, w2 = iwa, iwc, iwb
+    min_x = min(x0, min(x1, x2))
+    max_x = max(x0, max(x1, x2))
+    min_y = min(y0, min(y1, y2))
+    max_y = max(y0, max(y1, y2))
+    # Pixels whose centres j*256+128 lie in [min_x, max_x] (ceil / floor with Python's // rounding).
+    j0 = max(0, -((HALF_SUB - min_x) // SUBPIXEL))
+    j1 = min(width - 1, (max_x - HALF_SUB) // SUBPIXEL)
+    i0 = max(0, -((HALF_SUB - min_y) // SUBPIXEL))
+    i1 = min(height - 1, (max_y - HALF_SUB) // SUBPIXEL)
+    if j0 > j1 or i0 > i1:
+        return  # viewport culling: the bounding box misses every pixel centre
+    # Edge k is opposite vertex k: e0 = v1->v2, e1 = v2->v0, e2 = v0->v1; E_ab(p) = (b-a) x (p-a).
+    px = j0 * SUBPIXEL + HALF_SUB
+    py = i0 * SUBPIXEL + HALF_SUB
+    r0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    r1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    r2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    sx0 = -(y2 - y1) * SUBPIXEL
+    sx1 = -(y0 - y2) * SUBPIXEL
+    sx2 = -(y1 - y0) * SUBPIXEL
+    sy0 = (x2 - x1) * SUBPIXEL
+    sy1 = (x0 - x2) * SUBPIXEL
+    sy2 = (x1 - x0) * SUBPIXEL
+    bias0 = _top_left_bias(x1, y1, x2, y2)
+    bias1 = _top_left_bias(x2, y2, x0, y0)
+    bias2 = _top_left_bias(x0, y0, x1, y1)
+    inv_area = 1.0 / area
+    d0 = q0[4]
+    d1 = q1[4]
+    d2 = q2[4]
+    for i in range(i0, i1 + 1):
+        e0 = r0
+        e1 = r1
+        e2 = r2
+        for j in range(j0, j1 + 1):
+            if (e0 + bias0) >= 0 and (e1 + bias1) >= 0 and (e2 + bias2) >= 0:
+                # Screen-space barycentrics e_k/area, divided by w_k and renormalised, are the
+                # perspective-correct weights (attributes over w are linear in screen space).
+                l0 = e0 * inv_area * w0
+                l1 = e1 * inv_area * w1
+                l2 = e2 * inv_area * w2
+                s = 1.0 / (l0 + l1 + l2)
+                z = (l0 * d0 + l1 * d1 + l2 * d2) * s
+                if mode == MODE_COUNT:
+                    count[i, j] += 1
+                elif z < zbuf[i, j]:
+                    zbuf[i, j] = z
+                    if mode == MODE_VISIBILITY:
+                        tbuf[i, j] = t
+                        bbuf[i, j, 0] = (l0 * q0[6] + l1 * q1[6] + l2 * q2[6]) * s
+                        bbuf[i, j, 1] = (l0 * q0[7] + l1 * q1[7] + l2 * q2[7]) * s
+            e0 += sx0
+            e1 += sx1
+            e2 += sx2
+        r0 += sy0
+        r1 += sy1
+        r2 += sy2
+
+
+@njit(cache=True)
+def raster_triangles(pos, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize triangles ``t0..t1`` of ``pos`` into the buffers.
+
+    pos: (T, 3, 3) float32 world-space corners. tri_cull: (T,) int32, 1 = cull back faces.
+    M: (4, 4) float64 world -> clip; dvec: (4,) float64 world -> view depth.
+    zbuf: (H, W) float32 view depth, initialised to inf; tbuf: (H, W) int32 triangle index;
+    bbuf: (H, W, 2) float32 barycentrics (b1, b2) in the original triangle; count: (H, W) int32.
+    mode: MODE_VISIBILITY writes all, MODE_DEPTH only zbuf, MODE_COUNT counts fragments (no depth
+    test), for the watertightness tests.
+    """
+    g = _guard(width, height)
+    planes = np.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, -1.0, 1.0],   # near, far
+                       [1.0, 0.0, 0.0, g], [-1.0, 0.0, 0.0, g],      # guard band: keeps fixed point in range
+                       [0.0, 1.0, 0.0, g], [0.0, -1.0, 0.0, g]])
+    poly = np.empty((MAX_POLY, 8))
+    tmp = np.empty((MAX_POLY, 8))
+    dist = np.empty(MAX_POLY)
+    for t in range(t0, t1):
+        for k in range(3):
+            px = np.float64(pos[t, k, 0])
+            py = np.float64(pos[t, k, 1])
+            pz = np.float64(pos[t, k, 2])
+            for r in range(4):
+                poly[k, r] = M[r, 0] * px + M[r, 1] * py + M[r, 2] * pz + M[r, 3]
+            poly[k, 4] = dvec[0] * px + dvec[1] * py + dvec[2] * pz + dvec[3]
+            poly[k, 5] = 0.0
+            poly[k, 6] = 0.0
+            poly[k, 7] = 0.0
+            poly[k, 5 + k] = 1.0
+        # Outcodes: reject if all corners are outside one plane; clip only against planes crossed.
+        reject = False
+        crossed = 0
+        for p in range(6):
+            n_out = 0
+            for k in range(3):
+                if (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
+                        + planes[p, 3] * poly[k, 3]) < 0.0:
+                    n_out += 1
+            if n_out == 3:
+                reject = True
+                break
+            if n_out > 0:
+                crossed |= 1 << p
+        if reject:
+            continue
+        cull = tri_cull[t] != 0
+        if crossed == 0:
+            _raster_triangle(poly[0], poly[1], poly[2], t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+            continue
+        # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
+        # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
+        n = 3
+        for p in range(6):
+            if not (crossed >> p) & 1:
+                continue
+            for k in range(n):
+                dist[k] = (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
+                           + planes[p, 3] * poly[k, 3])
+            m = 0
+            for k in range(n):
+                kn = (k + 1) % n
+                if dist[k] >= 0.0:
+                    tmp[m, :] = poly[k, :]
+                    m += 1
+                if (dist[k] >= 0.0) != (dist[kn] >= 0.0):
+                    a = dist[k] / (dist[k] - dist[kn])
+                    tmp[m, :] = poly[k, :] + a * (poly[kn, :] - poly[k, :])
+                    m += 1
+            n = m
+            poly[:n, :] = tmp[:n, :]
+            if n < 3:
+                break
+        for k in range(1, n - 1):
+            _raster_triangle(poly[0], poly[k], poly[k + 1], t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+
+
+@njit(cache=True, parallel=True)
+def render_shadow_maps(pos, job_tri, job_M, job_d, job_off, job_res, maps):
+    """Depth-only renders for every shadow-map face, in parallel over faces.
+
+    job_tri: (J, 2) int64 triangle range; job_M: (J, 4, 4); job_d: (J, 4); job_off: (J,) int64
+    offset into ``maps``; job_res: (J,) int64 side R. maps: flat float32, face j is
+    maps[off : off + R*R] as (R, R) view depth along the face's axis (inf where empty).
+    """
+    no_cull = np.zeros(pos.shape[0], np.int32)
+    dummy_t = np.zeros((1, 1), np.int32)
+    dummy_b = np.zeros((1, 1, 2), np.float32)
+    for j in prange(job_tri.shape[0]):
+        r = job_res[j]
+        face = maps[job_off[j]:job_off[j] + r * r].reshape((r, r))
+        raster_triangles(pos, job_tri[j, 0], job_tri[j, 1], no_cull, job_M[j], job_d[j], r, r, face,
+                         dummy_t, dummy_b, dummy_t, MODE_DEPTH)
+
+
+# --- shading -----------------------------------------------------------------------------------
+@njit(cache=True)
+def _sample_texture(tex_data, tex_info, k, u, v, out):
+    """Bilinear lookup with wrap-around in texture k; v = 0 is the bottom row. Writes out (3,)."""
+    off = tex_info[k, 0]
+    h = tex_info[k, 1]
+    w = tex_info[k, 2]
+    fx = u * w - 0.5
+    fy = (1.0 - v) * h - 0.5
+    ix = math.floor(fx)
+    iy = math.floor(fy)
+    ax = fx - ix
+    ay = fy - iy
+    x0 = int(ix) % w
+    x1 = (x0 + 1) % w
+    y0 = int(iy) % h
+    y1 = (y0 + 1) % h
+    for c in range(3):
+        out[c] = ((1 - ax) * (1 - ay) * tex_data[off + y0 * w + x0, c] + ax * (1 - ay) * tex_data[off + y0 * w + x1, c]
+                  + (1 - ax) * ay * tex_data[off + y1 * w + x0, c] + ax * ay * tex_data[off + y1 * w + x1, c])
+
+
+@njit(cache=True)
+def ggx_brdf(nx, ny, nz, vx, vy, vz, lx, ly, lz, alpha, f0):
+    """GGX microfacet BRDF with separable Smith masking and Schlick Fresnel (F0 = f0).
+
+    n, v (to the viewer), l (to the light): unit vectors. alpha: GGX alpha as given (clamped to
+    1e-4 so a mirror stays finite; it reflects delta lights only on a measure-zero set). f0: scalar.
+    Returns the BRDF value (1/sr) without the cosine.
+    """
+    nv = nx * vx + ny * vy + nz * vz
+    nl = nx * lx + ny * ly + nz * lz
+    if nv <= 0.0 or nl <= 0.0:
+        return 0.0
+    hx = vx + lx
+    hy = vy + ly
+    hz = vz + lz
+    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
+    if hn == 0.0:
+        return 0.0
+    hx /= hn
+    hy /= hn
+    hz /= hn
+    nh = nx * hx + ny * hy + nz * hz
+    vh = max(0.0, vx * hx + vy * hy + vz * hz)
+    a = max(alpha, 1e-4)
+    a2 = a * a
+    den = nh * nh * (a2 - 1.0) + 1.0
+    d = a2 / (math.pi * den * den)
+    g1v = 2.0 * nv / (nv + math.sqrt(a2 + (1.0 - a2) * nv * nv))
+    g1l = 2.0 * nl / (nl + math.sqrt(a2 + (1.0 - a2) * nl * nl))
+    f = f0 + (1.0 - f0) * (1.0 - vh) ** 5
+    return d * g1v * g1l * f / (4.0 * nv * nl)
+
+
+@njit(cache=True)
+def _shadow_visible(lf, li, maps, px, py, pz, gx, gy, gz, bias_texels):
+    """1.0 when point p (with unit geometric normal g facing the light) is lit by light row lf/li.
+
+    The lookup point is pushed along g by one texel's world size (normal offset, which removes
+    acne at grazing angles without the light leaks of a large constant bias), and a point counts
+    as shadowed only if it is more than ``bias_texels`` texels behind the stored depth.
+    """
+    kind = li[0]
+    off = li[1]
+    r = li[2]
+    if kind == L_DIRECTIONAL:
+        h = lf[12]
+        texel = 2.0 * h / r
+        qx = px + gx * texel - lf[9]
+        qy = py + gy * texel - lf[10]
+        qz = pz + gz * texel - lf[11]
+        x = (lf[13] * qx + lf[14] * qy + lf[15] * qz) / h
+        y = (lf[16] * qx + lf[17] * qy + lf[18] * qz) / h
+        depth = lf[3] * qx + lf[4] * qy + lf[5] * qz + h
+        col = int(math.floor((x + 1.0) * 0.5 * r))
+        row = int(math.floor((1.0 - y) * 0.5 * r))
+        if col < 0 or col >= r or row < 0 or row >= r:
+            return 1.0
+        stored = maps[off + row * r + col]
+        return 1.0 if depth <= stored + bias_texels * texel else 0.0
+    dx = px - lf[0]
+    dy = py - lf[1]
+    dz = pz - lf[2]
+    dist = math.sqrt(dx * dx + dy * dy + dz * dz)
+    texel = 2.0 * dist / r
+    dx += gx * texel
+    dy += gy * texel
+    dz += gz * texel
+    adx = abs(dx)
+    ady = abs(dy)
+    adz = abs(dz)
+    # Cube face of the major axis; (u, v) are the next two axes in cyclic order (see rasterizer._cube_face).
+    if adx >= ady and adx >= adz:
+        ax = 0
+        w = adx
+        u = dy
+        v = dz
+        neg = dx < 0
+    elif ady >= adz:
+        ax = 1
+        w = ady
+        u = dz
+        v = dx
+        neg = dy < 0
+    else:
+        ax = 2
+        w = adz
+        u = dx
+        v = dy
+        neg = dz < 0
+    if w <= 0.0:
+        return 1.0
+    face = 2 * ax + (1 if neg else 0)
+    col = min(r - 1, max(0, int(math.floor((u / w + 1.0) * 0.5 * r))))
+    row = min(r - 1, max(0, int(math.floor((1.0 - v / w) * 0.5 * r))))
+    stored = maps[off + face * r * r + row * r + col]
+    return 1.0 if w <= stored + bias_texels * 2.0 * w / r else 0.0
+
+
+@njit(cache=True)
+def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
+               mscale, tex_data, tex_info, env, env_tex, ambient, cam, lights_f, lights_i, l0, l1, maps,
+               shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, zbuf):
+    """Deferred shading and box resolve of one view's visibility buffer.
+
+    ti: (H*s, W*s) int32 triangle per sample (-1 none); b: (H*s, W*s, 2) float32 (b1, b2);
+    zbuf: (H*s, W*s) float32 view depth. cam: (14,) float64 [position, right, up, forward,
+    tan(fov/2), aspect]. lights l0..l1 of lights_f (L, 20) float64 / lights_i (L, 3) int64.
+    env: (3,) constant environment radiance (multiplier of env_tex when env_tex >= 0); ambient: (3,)
+    mean environment radiance. Writes out_* (H, W, ...): rgb and albedo are the box average over
+    the s*s samples; depth, normal and id come from sample (s//2, s//2) so they never blend
+    foreground with background.
+    """
+    hh = out_rgb.shape[0]
+    ww = out_rgb.shape[1]
+    s = ssaa
+    inv_ns = 1.0 / (s * s)
+    col = np.empty(3)
+    tx = np.empty(3)
+    rgb = np.empty(3)
+    alb = np.empty(3)
+    p = np.empty(3)
+    n = np.empty(3)
+    for i in range(hh):
+        for j in range(ww):
+            for c in range(3):
+                rgb[c] = 0.0
+                alb[c] = 0.0
+            for si in range(s):
+                for sj in range(s):
+                    y = i * s + si
+                    x = j * s + sj
+                    t = ti[y, x]
+                    rep = si == s // 2 and sj == s // 2
+                    if t < 0:
+                        # Background: the environment seen along the pixel-sample ray.
+                        if env_tex >= 0:
+                            sx = (2.0 * (x + 0.5) / (ww * s) - 1.0) * cam[12] * cam[13]
+                            sy = (1.0 - 2.0 * (y + 0.5) / (hh * s)) * cam[12]
+                            dx = sx * cam[3] + sy * cam[6] + cam[9]
+                            dy = sx * cam[4] + sy * cam[7] + cam[10]
+                            dz = sx * cam[5] + sy * cam[8] + cam[11]
+                            dn = math.sqrt(dx * dx + dy * dy + dz * dz)
+                            dx /= dn
+                            dy /= dn
+                            dz /= dn
+                            eu = 0.5 + math.atan2(dx, -dz) / (2.0 * math.pi)
+                            ev = math.acos(min(1.0, max(-1.0, dy))) / math.pi
+                            # Equirect rows run top (up) to bottom, the texture lookup's v runs bottom-up.
+                            _sample_texture(tex_data, tex_info, env_tex, eu, 1.0 - ev, tx)
+                            for c in range(3):
+                                rgb[c] += env[c] * tx[c]
+                        else:
+                            for c in range(3):
+                                rgb[c] += env[c]
+                        if rep:
+                            out_depth[i, j] = np.inf
+                            out_id[i, j] = -1
+                            for c in range(3):
+                                out_normal[i, j, c] = 0.0
+                        continue
+                    b1 = np.float64(b[y, x, 0])
+                    b2 = np.float64(b[y, x, 1])
+                    b0 = 1.0 - b1 - b2
+                    # Position, normals and uv at the fragment, from the original corners.
+                    for c in range(3):
+                        p[c] = b0 * pos[t, 0, c] + b1 * pos[t, 1, c] + b2 * pos[t, 2, c]
+                        n[c] = b0 * nrm[t, 0, c] + b1 * nrm[t, 1, c] + b2 * nrm[t, 2, c]
+                    u = b0 * uvs[t, 0, 0] + b1 * uvs[t, 1, 0] + b2 * uvs[t, 2, 0]
+                    v = b0 * uvs[t, 0, 1] + b1 * uvs[t, 1, 1] + b2 * uvs[t, 2, 1]
+                    nl = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+                    e1x = pos[t, 1, 0] - pos[t, 0, 0]
+                    e1y = pos[t, 1, 1] - pos[t, 0, 1]
+                    e1z = pos[t, 1, 2] - pos[t, 0, 2]
+                    e2x = pos[t, 2, 0] - pos[t, 0, 0]
+                    e2y = pos[t, 2, 1] - pos[t, 0, 1]
+                    e2z = pos[t, 2, 2] - pos[t, 0, 2]
+                    gx = e1y * e2z - e1z * e2y
+                    gy = e1z * e2x - e1x * e2z
+                    gz = e1x * e2y - e1y * e2x
+                    gl = math.sqrt(gx * gx + gy * gy + gz * gz)
+                    gx /= gl
+                    gy /= gl
+                    gz /= gl
+                    if nl > 0.0:
+                        nx = n[0] / nl
+                        ny = n[1] / nl
+                        nz = n[2] / nl
+                    else:
+                        nx = gx
+                        ny = gy
+                        nz = gz
+                    if rep:
+                        out_depth[i, j] = zbuf[y, x]
+                        out_id[i, j] = obj_id[t]
+                        out_normal[i, j, 0] = nx
+                        out_normal[i, j, 1] = ny
+                        out_normal[i, j, 2] = nz
+                    vx = cam[0] - p[0]
+                    vy = cam[1] - p[1]
+                    vz = cam[2] - p[2]
+                    vl = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    vx /= vl
+                    vy /= vl
+                    vz /= vl
+                    front = gx * vx + gy * vy + gz * vz > 0.0
+                    if not front:
+                        # Non-emitters scatter on both sides: shade the back with flipped normals.
+                        gx, gy, gz, nx, ny, nz = -gx, -gy, -gz, -nx, -ny, -nz
+                    m = mat_id[t]
+                    kind = mtype[m]
+                    if mtex[m] >= 0:
+                        _sample_texture(tex_data, tex_info, mtex[m], u, v, col)
+                    elif mchk[m]:
+                        parity = (math.floor(u * mscale[m]) + math.floor(v * mscale[m])) % 2
+                        for c in range(3):
+                            col[c] = mc1[m, c] if parity == 0 else mc2[m, c]
+                    else:
+                        for c in range(3):
+                            col[c] = mbase[m, c]
+                    for c in range(3):
+                        alb[c] += col[c]
+                        # Constant environment as ambient light, unoccluded: a Lambertian surface
+                        # reflects albedo * L; metal and glass approximated by their tint.
+                        rgb[c] += col[c] * ambient[c]
+                    if kind == EMITTER and front:
+                        for c in range(3):
+                            rgb[c] += mrad[m, c]
+                    for k in range(l0, l1):
+                        lk = lights_i[k, 0]
+                        if lk == L_DIRECTIONAL:
+                            wx = -lights_f[k, 3]
+                            wy = -lights_f[k, 4]
+                            wz = -lights_f[k, 5]
+                            scale = 1.0
+                        else:
+                            wx = lights_f[k, 0] - p[0]
+                            wy = lights_f[k, 1] - p[1]
+                            wz = lights_f[k, 2] - p[2]
+                            r2 = wx * wx + wy * wy + wz * wz
+                            if r2 <= 0.0:
+                                continue
+                            rl = math.sqrt(r2)
+                            wx /= rl
+                            wy /= rl
+                            wz /= rl
+                            scale = 1.0 / r2  # inverse-square falloff of intensity (W/sr) to irradiance
+                            if lk == L_AREA_SAMPLE:
+                                # Lambertian emitter patch: intensity L*A*cos(theta_e), front side only.
+                                ce = -(wx * lights_f[k, 3] + wy * lights_f[k, 4] + wz * lights_f[k, 5])
+                                if ce <= 0.0:
+                                    continue
+                                scale *= ce
+                        if gx * wx + gy * wy + gz * wz <= 0.0:
+                            continue  # the light is on the other side of the surface from the viewer
+                        cs = nx * wx + ny * wy + nz * wz
+                        if cs <= 0.0:
+                            continue
+                        if shadows and lights_i[k, 2] > 0:
+                            if _shadow_visible(lights_f[k], lights_i[k], maps, p[0], p[1], p[2], gx, gy, gz,
+                                               bias_texels) == 0.0:
+                                continue
+                        e = scale * cs
+                        if kind == DIFFUSE or kind == EMITTER:
+                            for c in range(3):
+                                rgb[c] += col[c] * INV_PI * lights_f[k, 6 + c] * e
+                        elif kind == METAL:
+                            for c in range(3):
+                                f = ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, mrough[m], col[c])
+                                rgb[c] += f * lights_f[k, 6 + c] * e
+                        else:
+                            # Glass as a tinted reflector: dielectric Schlick F0 from the ior.
+                            f0 = ((mior[m] - 1.0) / (mior[m] + 1.0)) ** 2
+                            f = ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, GLASS_ALPHA, f0)
+                            for c in range(3):
+                                rgb[c] += col[c] * f * lights_f[k, 6 + c] * e
+            for c in range(3):
+                out_rgb[i, j, c] = rgb[c] * inv_ns
+                out_albedo[i, j, c] = alb[c] * inv_ns
+
+
+@njit(cache=True)
+def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk,
+                mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
+                out_rgb, out_depth, out_normal, out_albedo, out_id):
+    """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n])."""
+    hh = out_rgb.shape[1]
+    ww = out_rgb.shape[2]
+    hs = hh * ssaa
+    ws = ww * ssaa
+    zbuf = np.full((hs, ws), np.inf, np.float32)
+    tbuf = np.full((hs, ws), -1, np.int32)
+    bbuf = np.empty((hs, ws, 2), np.float32)
+    dummy = np.zeros((1, 1), np.int32)
+    sc = view_scene[n]
+    raster_triangles(pos, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
+                     zbuf, tbuf, bbuf, dummy, MODE_VISIBILITY)
+    shade_view(tbuf, bbuf, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
+               mscale, tex_data, tex_info, scene_env[sc], scene_envtex[sc], scene_amb[sc], view_cam[n], lights_f,
+               lights_i, scene_light[sc, 0], scene_light[sc, 1], maps, shadows, bias_texels, ssaa, out_rgb[n],
+               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf)
+
+
+@njit(cache=True, parallel=True)
+def render_views(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb,
+                 pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
+                 mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
+                 out_rgb, out_depth, out_normal, out_albedo, out_id):
+    """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles)."""
+    for n in prange(view_scene.shape[0]):
+        render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                    scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                    mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
+                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
+
+
+@njit(cache=True)
+def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                        scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                        mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
+                        ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id):
+    """The same as ``render_views`` on one thread (a single view gains nothing from the thread pool)."""
+    for n in range(view_scene.shape[0]):
+        render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                    scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                    mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
+                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
+
+
+@njit(cache=True)
+def coverage_count(pos, tri_cull, M, dvec, width, height):
+    """(H, W) int32: how many fragments each pixel receives (no depth test). For watertightness tests."""
+    count = np.zeros((height, width), np.int32)
+    z = np.zeros((1, 1), np.float32)
+    t = np.zeros((1, 1), np.int32)
+    b = np.zeros((1, 1, 2), np.float32)
+    raster_triangles(pos, 0, pos.shape[0], tri_cull, M, dvec, width, height, z, t, b, count, MODE_COUNT)
+    return count

@@ -1,0 +1,487 @@
+"""The z-buffer rasterizer: ``rasterize(scene, camera)`` and ``rasterize_batch(pairs)``.
+
+Pipeline (mirrors pbrt's frame -> sample -> radiance layering, STYLE rule 3):
+setup (pack scenes, build shadow maps) -> triangle (clip, snap, edge functions, depth test into a
+visibility buffer of triangle id + barycentrics) -> fragment (deferred shading of the visible
+sample only, then a box resolve). The kernels live in ``render.raster_kernels``; the brute-force
+per-pixel reference they are tested against is ``render.raster_reference``.
+
+Direct light only, with the scene's own materials:
+- diffuse: Lambert, ``albedo / pi``; metal: GGX (alpha = roughness as given) with separable Smith
+  masking and Schlick Fresnel, F0 = color; glass: a tinted reflector (GGX alpha 0.05, dielectric
+  Schlick F0 from ior, times color); emitters add their radiance seen from the front face and
+  reflect diffusely with their albedo;
+- point lights (W/sr, 1/r^2), directional lights (irradiance), emitter triangles replaced by
+  ``area_samples`` fixed point samples, each a one-sided cosine lobe of intensity L * A / N
+  (together they carry the emitter's power pi * L * A);
+- the environment's mean radiance as unoccluded ambient light (a Lambertian surface reflects
+  albedo * L_env); background pixels show the environment;
+- shadow maps: a cube map per point light and per area sample (the face behind an emitter is not
+  rendered), one orthographic map per directional light, looked up with a normal offset of one
+  texel plus a depth bias of ``SHADOW_BIAS_TEXELS`` texels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .camera import Camera
+from .errors import RenderError
+from .frame import Frame
+from .scene import Scene
+
+# numba picks its threading layer once per process, at the first parallel launch. workqueue avoided
+# the stalls seen with OpenMP on small machines (issue 3); NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
+
+from . import raster_kernels as K  # noqa: E402
+
+SSAA_CHOICES = (1, 2, 4)
+AREA_SAMPLES = 16          # point samples standing in for all emitter triangles of a scene
+CUBE_RESOLUTION = 512      # side of each cube-map face (point lights, area samples)
+DIRECTIONAL_RESOLUTION = 2048  # side of a directional light's orthographic map
+SHADOW_BIAS_TEXELS = 1.5   # depth bias in texels; with the normal offset no acne on the Cornell box
+MAX_SUBSAMPLES = 2 ** 19   # W*ssaa and H*ssaa stay inside the fixed-point guard band
+BYTES_PER_SAMPLE = 4 + 4 + 8  # depth, triangle id, barycentrics
+BYTES_PER_PIXEL = 12 + 4 + 12 + 12 + 4  # rgb, depth, normal, albedo, id
+
+
+def _memory_bytes() -> int:
+    """Physical memory in bytes (or 8 GiB when the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _check_request(width: int, height: int, ssaa: int, views: int = 1, workers: int = 1) -> None:
+    if ssaa not in SSAA_CHOICES:
+        raise RenderError(f"ssaa {ssaa!r} is not supported; expected one of {', '.join(map(str, SSAA_CHOICES))}")
+    if width < 1 or height < 1:
+        raise RenderError(f"image size {width}x{height}; expected width and height >= 1")
+    if width * ssaa > MAX_SUBSAMPLES or height * ssaa > MAX_SUBSAMPLES:
+        raise RenderError(f"image size {width}x{height} at ssaa {ssaa} exceeds {MAX_SUBSAMPLES} samples per side "
+                          "(the rasterizer's fixed-point range); lower the resolution or ssaa")
+    need = width * height * (views * BYTES_PER_PIXEL + min(views, workers) * ssaa * ssaa * BYTES_PER_SAMPLE)
+    have = _memory_bytes()
+    if need > 0.8 * have:
+        raise RenderError(f"image size {width}x{height} at ssaa {ssaa} for {views} view(s) needs "
+                          f"{need / 2**30:.1f} GiB of buffers but this machine has {have / 2**30:.1f} GiB; "
+                          "lower the resolution, ssaa or the batch size")
+
+
+# --- setup: cameras, lights, shadow-map projections ---------------------------------------------
+def _view_arrays(camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World->clip (4, 4), world->view depth (4,) and the camera record (14,) for the kernels."""
+    M = camera.projection_matrix() @ camera.view_matrix()
+    r, u, f = camera.basis()
+    p = np.asarray(camera.position, np.float64)
+    dvec = np.array([f[0], f[1], f[2], -f @ p])  # depth along the forward axis
+    tan_half = math.tan(math.radians(camera.fov) / 2.0)
+    cam = np.concatenate([p, r, u, f, [tan_half, camera.aspect]])
+    return M, dvec, cam
+
+
+def _cube_face(light: np.ndarray, axis: int, negative: bool, near: float, far: float):
+    """Clip matrix and depth vector of one 90-degree cube-map face looking along +-axis from light.
+
+    Clip x, y are the next two axes in cyclic order (matching ``raster_kernels._shadow_visible``);
+    w is the distance along the face's axis, which is also the stored depth.
+    """
+    s = -1.0 if negative else 1.0
+    ua, va = (axis + 1) % 3, (axis + 2) % 3
+    M = np.zeros((4, 4))
+    M[0, ua], M[0, 3] = 1.0, -light[ua]
+    M[1, va], M[1, 3] = 1.0, -light[va]
+    M[3, axis], M[3, 3] = s, -s * light[axis]
+    a, b = (far + near) / (far - near), -2.0 * far * near / (far - near)
+    M[2] = a * M[3]
+    M[2, 3] += b
+    return M, M[3].copy()
+
+
+def _ortho_basis(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors (right, up) orthogonal to a unit direction."""
+    ref = np.array([0.0, 1.0, 0.0]) if abs(direction[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    right = np.cross(direction, ref)
+    right /= np.linalg.norm(right)
+    return right, np.cross(right, direction)
+
+
+def _halton(i: int, base: int) -> float:
+    f, r = 1.0, 0.0
+    while i > 0:
+        f /= base
+        r += f * (i % base)
+        i //= base
+    return r
+
+
+def area_light_samples(scene: Scene, count: int = AREA_SAMPLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed point samples on the emitter triangles: positions (N, 3), unit front normals (N, 3) and
+    intensity scales (N, 3) float64, where a sample's radiant intensity towards a direction at angle
+    theta from its normal is ``scale * cos(theta)`` (W/sr); scale = L_e * A_total / N.
+
+    Triangles are chosen by stratified area-proportional sampling and points within them by a
+    Halton (2, 3) sequence, so the set is the same on every call.
+    """
+    emit = scene.emitter_mask()
+    if count <= 0 or not emit.any():
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3))
+    rad = np.array([m.radiance for m in scene.materials], np.float64)[scene.material_id]
+    idx = np.flatnonzero(emit & (rad.max(axis=1) > 0))
+    if idx.size == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3))
+    areas = scene.triangle_areas()[idx]
+    total = areas.sum()
+    cdf = np.cumsum(areas) / total
+    p = scene.positions[idx].astype(np.float64)
+    normals = scene.geometric_normals()[idx].astype(np.float64)
+    out_p, out_n, out_s = [], [], []
+    for k in range(count):
+        t = min(int(np.searchsorted(cdf, (k + 0.5) / count)), idx.size - 1)
+        r1, r2 = _halton(k + 1, 2), _halton(k + 1, 3)
+        a, b = 1.0 - math.sqrt(r1), r2 * math.sqrt(r1)  # uniform on the triangle
+        out_p.append(a * p[t, 0] + b * p[t, 1] + (1.0 - a - b) * p[t, 2])
+        out_n.append(normals[t])
+        out_s.append(rad[idx[t]] * total / count)
+    return np.array(out_p), np.array(out_n), np.array(out_s)
+
+
+def _scene_lights(scene: Scene, shadows: bool, area_samples: int, cube_res: int, dir_res: int):
+    """Packed lights of one scene and the shadow-map faces they need.
+
+    Returns lights_f (L, 20) float64 [position, direction, power, centre, half extent, right, up, -],
+    lights_i (L, 3) int64 [kind, map offset (relative to this scene), map side or 0] and the faces as
+    a list of (M, dvec, offset, side).
+    """
+    lo, hi = scene.bounds()
+    centre = 0.5 * (lo + hi)
+    radius = max(0.5 * float(np.linalg.norm(hi - lo)), 1e-6)
+    rows_f, rows_i, faces = [], [], []
+    offset = 0
+
+    def cube(pos: np.ndarray, front: np.ndarray | None) -> tuple[int, int]:
+        nonlocal offset
+        near = 1e-4 * radius
+        far = float(np.linalg.norm(pos - centre)) + 2.0 * radius
+        start = offset
+        for axis in range(3):
+            for neg in (False, True):
+                M, d = _cube_face(pos, axis, neg, near, far)
+                offset += cube_res * cube_res
+                if front is not None:
+                    # Skip a face whose whole frustum lies behind a one-sided emitter sample.
+                    s = -1.0 if neg else 1.0
+                    ua, va = (axis + 1) % 3, (axis + 2) % 3
+                    corners = [s * np.eye(3)[axis] + cu * np.eye(3)[ua] + cv * np.eye(3)[va]
+                               for cu in (-1, 1) for cv in (-1, 1)]
+                    if max(float(c @ front) for c in corners) <= 0.0:
+                        continue
+                faces.append((M, d, start + (2 * axis + int(neg)) * cube_res * cube_res, cube_res))
+        return start, cube_res
+
+    for light in scene.lights:
+        row = np.zeros(20)
+        if light.type == "point":
+            pos = np.asarray(light.position, np.float64)
+            row[0:3], row[6:9] = pos, light.intensity
+            off, res = cube(pos, None) if shadows else (0, 0)
+            rows_i.append((K.L_POINT, off, res))
+        else:
+            d = np.asarray(light.direction, np.float64)
+            d /= np.linalg.norm(d)
+            right, up = _ortho_basis(d)
+            h = radius * 1.01
+            row[3:6], row[6:9], row[9:12], row[12], row[13:16], row[16:19] = d, light.irradiance, centre, h, right, up
+            if shadows:
+                M = np.zeros((4, 4))
+                M[0, :3], M[0, 3] = right / h, -right @ centre / h
+                M[1, :3], M[1, 3] = up / h, -up @ centre / h
+                M[2, :3], M[2, 3] = d / h, -d @ centre / h  # z = depth/h - 1: near at depth 0, far at 2h
+                M[3, 3] = 1.0
+                dvec = np.array([d[0], d[1], d[2], -d @ centre + h])
+                faces.append((M, dvec, offset, dir_res))
+                rows_i.append((K.L_DIRECTIONAL, offset, dir_res))
+                offset += dir_res * dir_res
+            else:
+                rows_i.append((K.L_DIRECTIONAL, 0, 0))
+        rows_f.append(row)
+    sp, sn, ss = area_light_samples(scene, area_samples)
+    for p, n, s in zip(sp, sn, ss):
+        row = np.zeros(20)
+        # Lift the sample off its emitter so the emitter's own surface never shadows it.
+        p = p + n * 1e-4 * radius
+        row[0:3], row[3:6], row[6:9] = p, n, s
+        off, res = cube(p, n) if shadows else (0, 0)
+        rows_f.append(row)
+        rows_i.append((K.L_AREA_SAMPLE, off, res))
+    lights_f = np.array(rows_f, np.float64).reshape(-1, 20)
+    lights_i = np.array(rows_i, np.int64).reshape(-1, 3)
+    return lights_f, lights_i, faces, offset
+
+
+# --- packing ------------------------------------------------------------------------------------
+class _Packed:
+    """Every distinct scene of a batch concatenated into the flat arrays the kernels take."""
+
+    def __init__(self, scenes: Sequence[Scene], shadows: bool, area_samples: int, cube_res: int, dir_res: int):
+        tri, light_rng, env, envtex, amb = [], [], [], [], []
+        pos, nrm, uvs, mid, oid = [], [], [], [], []
+        mats = {k: [] for k in ("type", "base", "radiance", "roughness", "ior", "texture", "checker", "checker1",
+                                "checker2", "checker_scale", "two_sided")}
+        tex_data, tex_info = [], []
+        lf, li, jobs = [], [], []
+        t_off = m_off = tx_off = texel_off = map_off = l_off = 0
+        for scene in scenes:
+            T = scene.num_triangles
+            pos.append(scene.positions)
+            nrm.append(scene.normals)
+            uvs.append(scene.uvs)
+            oid.append(scene.object_id)
+            mid.append(scene.material_id.astype(np.int32) + m_off)
+            tri.append((t_off, t_off + T))
+            ma = scene.material_arrays()
+            ma["texture"] = np.where(ma["texture"] >= 0, ma["texture"] + tx_off, -1).astype(np.int32)
+            for k in mats:
+                mats[k].append(ma[k])
+            for img in scene.textures:
+                img = np.ascontiguousarray(np.asarray(img, np.float32)[..., :3])
+                tex_data.append(img.reshape(-1, 3))
+                tex_info.append((texel_off, img.shape[0], img.shape[1]))
+                texel_off += img.shape[0] * img.shape[1]
+            e = scene.environment
+            rad = np.asarray(e.radiance, np.float64)
+            if e.image is not None:
+                img = np.ascontiguousarray(np.asarray(e.image, np.float32)[..., :3])
+                tex_data.append(img.reshape(-1, 3))
+                tex_info.append((texel_off, img.shape[0], img.shape[1]))
+                texel_off += img.shape[0] * img.shape[1]
+                envtex.append(tx_off + len(scene.textures))
+                amb.append(rad * img.reshape(-1, 3).mean(axis=0))
+                tx_off += 1
+            else:
+                envtex.append(-1)
+                amb.append(rad)
+            env.append(rad)
+            f, i, faces, size = _scene_lights(scene, shadows, area_samples, cube_res, dir_res)
+            i = i.copy()
+            i[:, 1] += map_off
+            lf.append(f)
+            li.append(i)
+            light_rng.append((l_off, l_off + len(f)))
+            jobs += [(t_off, t_off + T, M, d, o + map_off, r) for M, d, o, r in faces]
+            t_off += T
+            m_off += len(scene.materials)
+            tx_off += len(scene.textures)
+            map_off += size
+            l_off += len(f)
+        c = np.ascontiguousarray
+        self.pos = c(np.concatenate(pos), np.float32)
+        self.nrm = c(np.concatenate(nrm), np.float32)
+        self.uvs = c(np.concatenate(uvs), np.float32)
+        self.mat_id = c(np.concatenate(mid), np.int32)
+        self.obj_id = c(np.concatenate(oid), np.int32)
+        self.scene_tri = np.array(tri, np.int64).reshape(-1, 2)
+        self.scene_light = np.array(light_rng, np.int64).reshape(-1, 2)
+        self.scene_env = np.array(env, np.float64).reshape(-1, 3)
+        self.scene_envtex = np.array(envtex, np.int64)
+        self.scene_amb = np.array(amb, np.float64).reshape(-1, 3)
+        cat = lambda k, dt: c(np.concatenate(mats[k]), dt)  # noqa: E731
+        self.mtype, self.mtex, self.mchk = cat("type", np.int32), cat("texture", np.int32), cat("checker", np.int32)
+        self.mbase, self.mrad = cat("base", np.float32), cat("radiance", np.float32)
+        self.mc1, self.mc2 = cat("checker1", np.float32), cat("checker2", np.float32)
+        self.mrough, self.mior = cat("roughness", np.float32), cat("ior", np.float32)
+        self.mscale = cat("checker_scale", np.float32)
+        self.tri_cull = c((1 - cat("two_sided", np.int32))[self.mat_id], np.int32)
+        self.tex_data = c(np.concatenate(tex_data) if tex_data else np.zeros((1, 3)), np.float32)
+        self.tex_info = np.array(tex_info, np.int64).reshape(-1, 3)
+        self.lights_f = c(np.concatenate(lf), np.float64).reshape(-1, 20)
+        self.lights_i = c(np.concatenate(li), np.int64).reshape(-1, 3)
+        self.maps = np.full(max(map_off, 1), np.inf, np.float32)
+        self.jobs = jobs
+
+    def build_shadow_maps(self) -> None:
+        if not self.jobs:
+            return
+        K.render_shadow_maps(self.pos, np.array([j[:2] for j in self.jobs], np.int64),
+                             np.array([j[2] for j in self.jobs], np.float64),
+                             np.array([j[3] for j in self.jobs], np.float64),
+                             np.array([j[4] for j in self.jobs], np.int64),
+                             np.array([j[5] for j in self.jobs], np.int64), self.maps)
+
+    def kernel_args(self):
+        return (self.scene_tri, self.scene_light, self.scene_env, self.scene_envtex, self.scene_amb, self.pos,
+                self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase, self.mrad,
+                self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale, self.tex_data,
+                self.tex_info, self.lights_f, self.lights_i, self.maps)
+
+
+# --- compilation bookkeeping ------------------------------------------------------------------------
+_warm = False
+
+
+def _warm_up() -> float:
+    """Compile (or load from numba's cache) every kernel on a one-triangle scene; returns seconds."""
+    global _warm
+    if _warm:
+        return 0.0
+    from .scene import Environment, Light, Material, SceneObject
+
+    t0 = time.perf_counter()
+    p = np.array([[[-1, -1, -2], [1, -1, -2], [0, 1, -2]], [[-1, -1, -3], [0, 1, -3], [1, -1, -3]]], np.float32)
+    n = np.tile(np.array([0, 0, 1], np.float32), (2, 3, 1))
+    tiny = Scene(positions=p, normals=n, uvs=np.zeros((2, 3, 2), np.float32),
+                 material_id=np.array([0, 1], np.int32), object_id=np.array([0, 1], np.int32),
+                 materials=(Material("m", "diffuse", albedo=(0.5, 0.5, 0.5), texture=0),
+                            Material("e", "emitter", radiance=(1, 1, 1), two_sided=False)),
+                 objects=(SceneObject("a", "mesh", "m"), SceneObject("b", "mesh", "e")),
+                 lights=(Light("point", position=(0, 0, 0), intensity=(1, 1, 1)),
+                         Light("directional", irradiance=(1, 1, 1))),
+                 environment=Environment(radiance=(0.1, 0.1, 0.1), image=np.ones((2, 4, 3), np.float32)),
+                 cameras=(Camera((0, 0, 0), (0, 0, -1), width=4, height=4),),
+                 textures=(np.ones((2, 2, 3), np.float32),))
+    _warm = True  # set first: the calls below go through the public path
+    for parallel in (False, True):
+        _render([(tiny, tiny.camera)] * (2 if parallel else 1), 1, True, 2, 8, 8, parallel)
+    cam = tiny.camera
+    M, d, _ = _view_arrays(cam)
+    K.coverage_count(np.ascontiguousarray(p), np.zeros(2, np.int32), M, d, 4, 4)
+    return time.perf_counter() - t0
+
+
+# --- public API -----------------------------------------------------------------------------------
+def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel) -> list[Frame]:
+    scenes, index = [], {}
+    for scene, _ in pairs:
+        if id(scene) not in index:
+            index[id(scene)] = len(scenes)
+            scenes.append(scene)
+    packed = _Packed(scenes, shadows, area_samples, cube_res, dir_res)
+    if shadows:
+        packed.build_shadow_maps()
+    frames: list[Frame | None] = [None] * len(pairs)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, (_, cam) in enumerate(pairs):
+        groups.setdefault((cam.height, cam.width), []).append(k)
+    for (h, w), ks in groups.items():
+        views = []
+        for k in ks:
+            scene, cam = pairs[k]
+            views.append(_view_arrays(cam))
+        view_scene = np.array([index[id(pairs[k][0])] for k in ks], np.int64)
+        view_M = np.ascontiguousarray(np.stack([v[0] for v in views]), np.float64)
+        view_d = np.ascontiguousarray(np.stack([v[1] for v in views]), np.float64)
+        view_cam = np.ascontiguousarray(np.stack([v[2] for v in views]), np.float64)
+        nv = len(ks)
+        rgb = np.empty((nv, h, w, 3), np.float32)
+        depth = np.empty((nv, h, w), np.float32)
+        normal = np.empty((nv, h, w, 3), np.float32)
+        albedo = np.empty((nv, h, w, 3), np.float32)
+        oid = np.empty((nv, h, w), np.int32)
+        kernel = K.render_views if parallel and nv > 1 else K.render_views_serial
+        kernel(view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
+               float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid)
+        for m, k in enumerate(ks):
+            frames[k] = Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
+    return frames  # type: ignore[return-value]
+
+
+def _all_behind_near(scene: Scene, camera: Camera) -> bool:
+    """True when every triangle corner is closer than the near plane (nothing can be drawn)."""
+    if scene.num_triangles == 0:
+        return False
+    _, _, f = camera.basis()
+    d = (scene.positions.reshape(-1, 3).astype(np.float64) - np.asarray(camera.position)) @ f
+    return bool(np.all(d < camera.near))
+
+
+def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int = 1, shadows: bool = True,
+                    area_samples: int = AREA_SAMPLES, shadow_resolution: int = CUBE_RESOLUTION,
+                    directional_resolution: int = DIRECTIONAL_RESOLUTION, parallel: bool = True) -> list[Frame]:
+    """Render many (scene, camera) pairs in one call; returns one ``Frame`` per pair, in order.
+
+    pairs: (Scene, Camera or None for the scene's own camera). Views may differ in size and scene;
+        pairs sharing a scene object share its packing and shadow maps (built once per call).
+    ssaa: 1, 2 or 4 samples per pixel side, box-resolved.
+    shadows: shadow maps for every light and area sample (False: every light is unoccluded).
+    area_samples: point samples standing in for all emitter triangles of each scene.
+    shadow_resolution, directional_resolution: cube-face and directional map sides (texels).
+    parallel: render views in parallel (numba prange, one view per task).
+    Frames of views with the same size are views into one stacked (N, H, W, ...) array per AOV.
+    ``meta`` holds renderer, ssaa, shadows, compile_seconds (JIT or cache-load time spent in this
+    call, 0 when warm), render_seconds (this call's wall time after compilation, for the whole batch)
+    and views (the batch size).
+    Raises RenderError for an unsupported ssaa or a resolution whose buffers would not fit in memory.
+    """
+    pairs = [(s, c if c is not None else s.camera) for s, c in pairs]
+    if not pairs:
+        return []
+    ssaa = int(ssaa)
+    workers = os.cpu_count() or 1
+    for (h, w), n in _sizes(pairs).items():
+        _check_request(w, h, ssaa, n, workers)
+    compile_s = _warm_up()
+    t0 = time.perf_counter()
+    keep = []
+    for k, (s, c) in enumerate(pairs):
+        if s.num_triangles == 0:
+            warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=2)
+        elif _all_behind_near(s, c):
+            warnings.warn(f"{s.source}: every triangle is closer to the camera than its near plane "
+                          f"({c.near} m); the frame is empty", stacklevel=2)
+        else:
+            keep.append(k)
+    frames = [Frame.empty(c.height, c.width) for _, c in pairs]
+    if keep:
+        done = _render([pairs[k] for k in keep], ssaa, shadows, int(area_samples), int(shadow_resolution),
+                       int(directional_resolution), parallel)
+        for k, f in zip(keep, done):
+            frames[k] = f
+    elapsed = time.perf_counter() - t0
+    for f in frames:
+        f.meta.update(renderer="raster", ssaa=ssaa, shadows=bool(shadows), compile_seconds=compile_s,
+                      render_seconds=elapsed, views=len(pairs))
+    return frames
+
+
+def _sizes(pairs) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    for _, c in pairs:
+        out[(c.height, c.width)] = out.get((c.height, c.width), 0) + 1
+    return out
+
+
+def rasterize(scene: Scene, camera: Camera | None = None, *, ssaa: int = 1, shadows: bool = True,
+              **options) -> Frame:
+    """Rasterize one view of ``scene`` (``camera`` None: the scene's first camera) into a ``Frame``.
+
+    rgb: linear radiance, direct light only (see the module docstring for the shading model);
+    depth: metres along the camera's forward axis (inf background); normal: unit world-space shading
+    normal as stored on the mesh (not flipped towards the viewer; 0 background); albedo: base colour
+    after texture/checker; object_id: int32, -1 background.
+    ssaa: 1, 2 or 4 (box resolve of rgb and albedo; depth, normal and id from one sample near the
+    pixel centre). options: see ``rasterize_batch``.
+    """
+    return rasterize_batch([(scene, camera)], ssaa=ssaa, shadows=shadows, parallel=False, **options)[0]
+
+
+def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> np.ndarray:
+    """(H, W) int32: fragments each pixel receives with no depth test (watertightness diagnostics).
+    cull: apply back-face culling to one-sided materials as ``rasterize`` does."""
+    camera = camera or scene.camera
+    _warm_up()
+    M, d, _ = _view_arrays(camera)
+    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
+    tri_cull = (1 - two).astype(np.int32) if cull else np.zeros(scene.num_triangles, np.int32)
+    return K.coverage_count(np.ascontiguousarray(scene.positions, np.float32), tri_cull, M, d,
+                            camera.width, camera.height)
