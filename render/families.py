@@ -49,7 +49,7 @@ def cornell_box_description(rng=None, width: int = 256, height: int = 256) -> De
             "white": {"type": "diffuse", "albedo": white},
             "red": {"type": "diffuse", "albedo": [0.570068, 0.0430135, 0.0443706]},
             "green": {"type": "diffuse", "albedo": [0.105421, 0.37798, 0.076425]},
-            "light": {"type": "emitter", "radiance": [18.387, 13.9873, 6.75357], "albedo": white},
+            "light": {"type": "emitter", "radiance": [18.387, 13.9873, 6.75357], "albedo": list(white)},
         },
         "objects": [
             wall("floor", [0.0, -1.0, 0.0], [-90.0, 0.0, 0.0], "white"),
@@ -128,21 +128,21 @@ def rooms_ring_description(rng=None, min_objects: int = 1, max_objects: int = 3,
     n = int(rng.integers(min_objects, max_objects + 1))
     wall_colour = WALL_COLORS[int(rng.integers(len(WALL_COLORS)))]
     floor_colour = FLOOR_COLORS[int(rng.integers(len(FLOOR_COLORS)))]
-    floor = {"type": "diffuse", "albedo": floor_colour}
+    floor = {"type": "diffuse", "albedo": _f(floor_colour)}
     if rng.random() < 0.5:
-        floor["checker"] = {"color1": floor_colour, "color2": _f(np.asarray(floor_colour) * 0.5), "scale": 4.0}
-    materials = {"floor": floor, "wall": {"type": "diffuse", "albedo": wall_colour}}
+        floor["checker"] = {"color1": _f(floor_colour), "color2": _f(np.asarray(floor_colour) * 0.5), "scale": 4.0}
+    materials = {"floor": floor, "wall": {"type": "diffuse", "albedo": _f(wall_colour)}}
     h = ROOM_WALL_HEIGHT / 2.0
     size = [2 * ROOM_HALF, ROOM_WALL_HEIGHT]
     objects = [
         {"shape": "quad", "name": "floor", "material": "floor", "size": [2 * ROOM_HALF, 2 * ROOM_HALF],
          "rotate": [-90.0, 0.0, 0.0]},
-        {"shape": "quad", "name": "wall_north", "material": "wall", "size": size, "translate": [0.0, h, -ROOM_HALF]},
-        {"shape": "quad", "name": "wall_south", "material": "wall", "size": size, "translate": [0.0, h, ROOM_HALF],
+        {"shape": "quad", "name": "wall_north", "material": "wall", "size": list(size), "translate": [0.0, h, -ROOM_HALF]},
+        {"shape": "quad", "name": "wall_south", "material": "wall", "size": list(size), "translate": [0.0, h, ROOM_HALF],
          "rotate": [0.0, 180.0, 0.0]},
-        {"shape": "quad", "name": "wall_east", "material": "wall", "size": size, "translate": [ROOM_HALF, h, 0.0],
+        {"shape": "quad", "name": "wall_east", "material": "wall", "size": list(size), "translate": [ROOM_HALF, h, 0.0],
          "rotate": [0.0, -90.0, 0.0]},
-        {"shape": "quad", "name": "wall_west", "material": "wall", "size": size, "translate": [-ROOM_HALF, h, 0.0],
+        {"shape": "quad", "name": "wall_west", "material": "wall", "size": list(size), "translate": [-ROOM_HALF, h, 0.0],
          "rotate": [0.0, 90.0, 0.0]},
     ]
     cells = rng.choice(9, size=n, replace=False)

@@ -67,7 +67,7 @@ def _dispatch(specs: dict, key: str, data: Any, source: str, prefix: tuple):
     if not isinstance(data, dict):
         raise SceneError(source, field_path(prefix), f"expected a table, got {_short(data)}")
     tag = data.get(key)
-    if tag not in specs:
+    if not isinstance(tag, str) or tag not in specs:
         what = "missing" if tag is None else f"unknown {key} {_short(tag)}"
         raise SceneError(source, field_path(prefix + (key,)), f"{what}; expected one of: {', '.join(specs)}")
     return _validate(specs[tag], data, source, prefix)
@@ -263,7 +263,8 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             raise SceneError(source, field_path(loc + ("material",)),
                              f"unknown material {spec.material!r}; expected one of: {', '.join(mat_index)}")
         if any(s == 0.0 for s in spec.scale):
-            raise SceneError(source, field_path(loc + ("scale",)), f"scale {spec.scale} has a zero component; expected non-zero scales")
+            what = "zero-area light: " if materials[mat_index[spec.material]].type == "emitter" else ""
+            raise SceneError(source, field_path(loc + ("scale",)), f"{what}scale {spec.scale} has a zero component; expected non-zero scales")
         local, params = _object_soup(spec, source, base_dir, loc)
         p, n, uv = apply_transform(local, spec.translate, spec.rotate, spec.scale)
         area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
@@ -297,7 +298,8 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             d = np.asarray(spec.direction, np.float64)
             if np.linalg.norm(d) < 1e-12:
                 raise SceneError(source, field_path(loc + ("direction",)), "zero vector; expected the direction the light travels")
-            d = d / np.linalg.norm(d)
+            if abs(np.linalg.norm(d) - 1.0) > 1e-12:  # leave unit vectors bit-exact (round trips)
+                d = d / np.linalg.norm(d)
             lights.append(Light("directional", direction=tuple(float(x) for x in d), irradiance=tuple(spec.irradiance)))
 
     # environment

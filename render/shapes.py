@@ -199,7 +199,8 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     r = rotation_xyz(rotate)
     p2 = (p * sc) @ r.T + np.asarray(translate, np.float64)
     n2 = (n / sc) @ r.T
-    n2 /= np.linalg.norm(n2, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate input is dropped by the loader
+        n2 /= np.linalg.norm(n2, axis=-1, keepdims=True)
     if np.prod(sc) < 0:
         order = [0, 2, 1]
         p2, n2, uv = p2[:, order], n2[:, order], uv[:, order]

@@ -1,0 +1,49 @@
+"""Small scene builders shared by the tests (no files outside tmp_path are read or written)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import trimesh
+
+ARRAYS = ("positions", "normals", "uvs", "material_id", "object_id")
+
+
+def minimal_description(mesh_file: str | None = None) -> dict:
+    """DESIGN.md's minimal scene as a dict; with ``mesh_file`` its mesh object is included."""
+    d = {
+        "camera": {"position": [0.0, 1.0, 3.4], "look_at": [0.0, 1.0, 0.0], "up": [0.0, 1.0, 0.0],
+                   "fov": 39.3, "width": 64, "height": 48},
+        "materials": {
+            "white": {"type": "diffuse", "albedo": [0.73, 0.73, 0.73]},
+            "lamp": {"type": "emitter", "radiance": [17.0, 12.0, 4.0], "albedo": [0.0, 0.0, 0.0]},
+        },
+        "objects": [
+            {"shape": "sphere", "material": "white", "radius": 0.5, "translate": [0.0, 0.5, 0.0]},
+            {"shape": "quad", "material": "lamp", "size": [0.5, 0.5], "translate": [0.0, 1.9, 0.0], "rotate": [90.0, 0.0, 0.0]},
+        ],
+        "lights": [{"type": "point", "position": [0.0, 1.9, 0.0], "intensity": [5.0, 5.0, 5.0]}],
+        "environment": {"radiance": [0.0, 0.0, 0.0]},
+    }
+    if mesh_file:
+        d["objects"].append({"shape": "mesh", "file": mesh_file, "material": "white", "translate": [0.0, 0.0, 0.0],
+                             "rotate": [0.0, 30.0, 0.0], "scale": 1.0})
+    return copy.deepcopy(d)
+
+
+def write_ply_without_normals(path, mesh: trimesh.Trimesh) -> None:
+    """A binary PLY with positions and faces only."""
+    vs = np.asarray(mesh.vertices, "<f4")
+    fs = np.asarray(mesh.faces, "<i4")
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vs)}\nproperty float x\nproperty float y\n"
+              f"property float z\nelement face {len(fs)}\nproperty list uchar int vertex_indices\nend_header\n")
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        f.write(vs.tobytes())
+        for t in fs:
+            f.write(np.uint8(3).tobytes() + t.tobytes())
+
+
+def same_arrays(a, b) -> bool:
+    return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ARRAYS)

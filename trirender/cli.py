@@ -1,0 +1,189 @@
+"""The ``trirender`` console script. A thin layer: parse arguments, call ``render``/``neural``,
+write files, print. Errors from bad input are printed in one or two lines, with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Render, compare and learn scenes: path tracer, rasterizer and GQN neural renderer.")
+scene_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and convert scenes.")
+app.add_typer(scene_app, name="scene", help="Inspect, generate and convert scenes (info, generate, convert).")
+
+out = Console()
+err = Console(stderr=True)
+
+SceneArg = typer.Argument(..., help="A .toml scene, a mesh/scene file (OBJ, PLY, STL, GLB/glTF) or a built-in "
+                                    "scene name: cornell_box, rooms_ring, shepard_metzler.")
+
+
+class Renderer(str, Enum):
+    raster = "raster"
+    path = "path"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+def _load(spec: str, seed: int = 0):
+    from render import FAMILIES, load_scene
+
+    return load_scene(spec, seed=seed) if spec in FAMILIES else load_scene(spec)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from render.image_io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --- scene ----------------------------------------------------------------------------------------
+@scene_app.command("info")
+def scene_info(scene: str = SceneArg, json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+               seed: int = typer.Option(0, help="Seed for a built-in procedural scene.")):
+    """Print counts, bounds, materials, lights and cameras of a scene."""
+    s = _load(scene, seed)
+    info = s.summary()
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    t = Table(title=f"scene {info['source']}", show_header=False)
+    t.add_row("triangles", str(info["triangles"]))
+    t.add_row("objects", ", ".join(f"{o.name} ({o.shape})" for o in s.objects))
+    t.add_row("emitters", f"{info['emitter_triangles']} triangles, {info['emitter_area']:.4g} m²")
+    t.add_row("bounds", f"{info['bounds'][0]} .. {info['bounds'][1]}")
+    t.add_row("materials", ", ".join(f"{k} ({v})" for k, v in info["materials"].items()))
+    t.add_row("lights", ", ".join(info["lights"]) or "none")
+    t.add_row("environment", str(info["environment"]))
+    for i, c in enumerate(info["cameras"]):
+        t.add_row(f"camera {i}", f"at {c['position']} looking at {c['look_at']}, fov {c['fov']}°, {c['size'][0]}x{c['size'][1]}")
+    out.print(t)
+
+
+@scene_app.command("generate")
+def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ring or shepard_metzler."),
+                   out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
+                   seed: int = typer.Option(0, help="Random seed; the same seed gives the same scene.")):
+    """Generate one scene of a procedural family and write it as TOML."""
+    from render import FAMILIES, make_scene, save_scene
+
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES)}", param_hint="FAMILY")
+    s = make_scene(family, seed=seed)
+    save_scene(s, out_path)
+    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {len(s.objects)} objects)")
+
+
+@scene_app.command("convert")
+def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/glTF, OBJ, PLY, STL) or a TOML scene."),
+                  out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
+                  width: int = typer.Option(512, help="Image width of the framing camera."),
+                  height: int = typer.Option(512, help="Image height of the framing camera.")):
+    """Convert a mesh/scene file into a TOML scene (materials, framing camera, default light)."""
+    from render import load_scene, save_scene
+    from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
+
+    if src.suffix.lower() in MESH_SUFFIXES:
+        s = scene_from_dict(mesh_scene_description(src, width, height), source=str(src), base_dir=src.parent)
+    else:
+        s = load_scene(src)
+    save_scene(s, out_path)
+    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {len(s.objects)} objects)")
+
+
+# --- render ---------------------------------------------------------------------------------------
+@app.command("render")
+def render_cmd(
+    scene: str = SceneArg,
+    out_path: Path = typer.Option(Path("render.png"), "--out", help="Image to write: .png (sRGB 8-bit) or .exr (linear)."),
+    renderer: Renderer = typer.Option(Renderer.raster, help="raster (numba z-buffer) or path (Taichi path tracer)."),
+    width: Optional[int] = typer.Option(None, help="Override the camera's image width."),
+    height: Optional[int] = typer.Option(None, help="Override the camera's image height."),
+    camera_index: int = typer.Option(0, "--camera", help="Which of the scene's cameras to use."),
+    ssaa: int = typer.Option(1, help="Raster: supersampling factor per axis (1, 2 or 4)."),
+    shadows: bool = typer.Option(True, help="Raster: shadow maps on/off."),
+    spp: int = typer.Option(64, help="Path: samples per pixel."),
+    max_depth: int = typer.Option(8, help="Path: maximum path segments (1 emitters only, 2 direct, -1 unbounded)."),
+    seed: int = typer.Option(0, help="Random seed (path tracer noise; built-in procedural scenes)."),
+    backend: Backend = typer.Option(Backend.auto, help="Path: cpu, gpu or auto."),
+    time_budget: Optional[float] = typer.Option(None, "--time", help="Path: stop after the last whole pass within S seconds."),
+    aov: str = typer.Option("", help="Comma-separated AOVs written beside the image: depth,normal,albedo,id."),
+    stats: Optional[Path] = typer.Option(None, help="Write timings and settings as JSON."),
+):
+    """Render a scene with the rasterizer or the path tracer."""
+    from render import AOV_NAMES, RenderError
+
+    aovs = tuple(a.strip() for a in aov.split(",") if a.strip())
+    for a in aovs:
+        if a not in AOV_NAMES:
+            raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")
+    if out_path.suffix.lower() not in (".png", ".exr"):
+        raise typer.BadParameter(f"{out_path}: expected a .png or .exr file name", param_hint="--out")
+    t0 = time.perf_counter()
+    s = _load(scene, seed)
+    if not 0 <= camera_index < len(s.cameras):
+        raise typer.BadParameter(f"scene has {len(s.cameras)} camera(s); expected 0..{len(s.cameras) - 1}", param_hint="--camera")
+    cam = s.cameras[camera_index]
+    if width or height:
+        try:
+            cam = cam.with_size(width or cam.width, height or cam.height)
+        except ValueError as exc:
+            raise RenderError(str(exc)) from None
+    load_seconds = time.perf_counter() - t0
+    if renderer is Renderer.raster:
+        if ssaa not in (1, 2, 4):
+            raise typer.BadParameter(f"{ssaa}; expected 1, 2 or 4", param_hint="--ssaa")
+        from render import rasterize
+
+        frame = rasterize(s, cam, ssaa=ssaa, shadows=shadows)
+    else:
+        if spp < 1:
+            raise typer.BadParameter(f"{spp}; expected at least 1", param_hint="--spp")
+        from render import pathtrace
+
+        frame = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value,
+                          time_budget=time_budget, progress=True)
+    written = frame.save(out_path, aovs)
+    info = {"scene": scene, "renderer": renderer.value, "width": cam.width, "height": cam.height,
+            "load_seconds": load_seconds, **frame.meta, "outputs": [str(p) for p in written]}
+    if stats:
+        _write_json(stats, info)
+    timing = ", ".join(f"{k} {info[k]:.3g}s" for k in ("load_seconds", "compile_seconds", "render_seconds") if k in info)
+    out.print(f"wrote {', '.join(str(p) for p in written)} ({cam.width}x{cam.height}, {renderer.value}; {timing})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning refusals of bad input into a short message and exit 2."""
+    from render.errors import RenderError, SceneError
+
+    try:
+        app(args=argv, prog_name="trirender", standalone_mode=False)
+    except (SceneError, RenderError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors (bad option values, missing arguments)
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(exc, "exit_code", 2))
+
+if __name__ == "__main__":
+    main()
