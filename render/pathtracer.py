@@ -1,0 +1,400 @@
+"""Physically based path tracer (Taichi on the CPU or a CUDA GPU) with Mitsuba 3's radiometry.
+
+``pathtrace(scene, camera, spp=…)`` renders a ``Frame``: unidirectional path tracing over a SAH BVH,
+next-event estimation combined with BSDF sampling by the power heuristic, Russian roulette from
+depth 5, diffuse / GGX metal / smooth glass / emitters, textures and checkers, point, directional,
+area and environment light. The loops are pbrt's: ``pathtrace`` → passes → ``render_pass`` (pixel ×
+sample) → ``radiance(ray)`` (in ``render.pt_kernels``).
+
+Taichi is imported and initialised on the first call (never on ``import render``), once per process
+for a backend; its offline cache keeps compiled kernels between processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bvh import STACK_SIZE, build_bvh
+from .camera import Camera
+from .errors import RenderError
+from .frame import Frame
+from .scene import EMITTER, Scene
+
+BACKENDS = ("auto", "cpu", "gpu")
+STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
+MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
+
+_state: dict[str, Any] = {"backend": None, "device": None, "kernels": None, "compiled": set()}
+_packed_cache: "weakref.WeakKeyDictionary[Scene, dict]" = weakref.WeakKeyDictionary()
+
+
+# --- backend ---------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} threads)"
+
+
+def _gpu_name() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "CUDA GPU"
+    except (OSError, subprocess.SubprocessError):
+        return "CUDA GPU"
+
+
+def init_backend(backend: str = "auto") -> tuple[str, str]:
+    """Initialise Taichi for ``backend`` ("cpu", "gpu" = CUDA, "auto" = CUDA if present else CPU)
+    unless it already runs that backend. Returns (backend actually used, device description).
+
+    The offline cache is on (Taichi reads its path from ``TI_OFFLINE_CACHE_FILE_PATH`` if set), so a second process
+    loads compiled kernels instead of compiling them.
+    """
+    if backend not in BACKENDS:
+        raise RenderError(f"backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    current = _state["backend"]
+    if current is not None and (backend == "auto" or backend == current):
+        return current, _state["device"]
+    import taichi as ti
+
+    if current is not None:
+        ti.reset()
+    kwargs = dict(offline_cache=True, default_fp=ti.f32, default_ip=ti.i32, log_level=ti.WARN)
+    used = None
+    if backend in ("gpu", "auto"):
+        try:
+            ti.init(arch=ti.cuda, **kwargs)
+            if ti.lang.impl.current_cfg().arch == ti.cuda:
+                used = "gpu"
+            else:
+                ti.reset()
+        except Exception:  # no CUDA driver: Taichi raises or falls back, depending on the version
+            used = None
+        if used is None and backend == "gpu":
+            raise RenderError("backend 'gpu' needs a CUDA GPU and none was found; use backend='cpu' or 'auto'")
+    if used is None:
+        ti.init(arch=ti.cpu, **kwargs)
+        used = "cpu"
+    from . import pt_kernels
+
+    _state.update(backend=used, device=_gpu_name() if used == "gpu" else _cpu_name(), kernels=pt_kernels,
+                  compiled=set())
+    return used, _state["device"]
+
+
+# --- scene packing ---------------------------------------------------------------------------------
+def _luminance(rgb) -> np.ndarray:
+    return np.asarray(rgb, np.float64) @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def _pack(scene: Scene) -> dict[str, np.ndarray]:
+    """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order)."""
+    cached = _packed_cache.get(scene)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    bvh = build_bvh(scene.positions)
+    order = bvh.tri_index
+    pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
+    tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
+    tri_n = np.asarray(scene.normals, np.float32)[order].reshape(-1, 3)
+    tri_uv = np.asarray(scene.uvs, np.float32)[order].reshape(-1, 2)
+    tri_i = np.stack([scene.material_id[order], scene.object_id[order]], axis=1).astype(np.int32)
+
+    mats = scene.material_arrays()
+    n_mat = len(scene.materials)
+    mat_i = np.stack([mats["type"], mats["texture"], mats["checker"]], axis=1).astype(np.int32)
+    mat_f = np.zeros((n_mat, 16), np.float32)
+    mat_f[:, 0:3] = mats["base"]
+    mat_f[:, 3:6] = np.where(mats["type"][:, None] == EMITTER, mats["radiance"], 0.0)
+    mat_f[:, 6:9] = mats["checker1"]
+    mat_f[:, 9:12] = mats["checker2"]
+    mat_f[:, 12] = mats["roughness"]
+    mat_f[:, 13] = mats["ior"]
+    mat_f[:, 14] = mats["checker_scale"]
+
+    # emitter triangles, picked in proportion to their emitted power (area x luminance)
+    is_emit = mats["type"][tri_i[:, 0]] == EMITTER
+    area = 0.5 * np.linalg.norm(np.cross(pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]).astype(np.float64), axis=1)
+    power = np.where(is_emit, area * _luminance(mat_f[tri_i[:, 0], 3:6]), 0.0)
+    emit_tri = np.flatnonzero(power > 0).astype(np.int32)
+    n_emit = len(emit_tri)
+
+    lights = scene.light_arrays()
+    n_delta = int(len(lights["type"]))
+    env = scene.environment
+    env_rad = np.asarray(env.radiance, np.float32)
+    has_env = bool(env_rad.max() > 0.0)
+    n_groups = (1 if n_emit else 0) + n_delta + (1 if has_env else 0)
+    p_group = 1.0 / max(n_groups, 1)
+
+    tri_pdf = np.zeros(len(pos), np.float32)
+    emit_cdf = np.ones(1, np.float32)
+    if n_emit:
+        pmf = power[emit_tri] / power[emit_tri].sum()
+        emit_cdf = np.cumsum(pmf).astype(np.float32)
+        emit_cdf[-1] = 1.0
+        tri_pdf[emit_tri] = (p_group * pmf / area[emit_tri]).astype(np.float32)
+
+    textures = [np.asarray(t, np.float32)[..., :3] for t in scene.textures]
+    env_tex = -1
+    if env.image is not None and has_env:
+        env_tex = len(textures)
+        textures.append(np.asarray(env.image, np.float32)[..., :3])
+    tex_info = np.zeros((max(len(textures), 1), 3), np.int32)
+    offset = 0
+    for i, t in enumerate(textures):
+        tex_info[i] = (offset, t.shape[1], t.shape[0])
+        offset += t.shape[0] * t.shape[1]
+    tex = np.concatenate([t.reshape(-1, 3) for t in textures]) if textures else np.zeros((1, 3), np.float32)
+
+    light_f = np.stack([lights["position"], lights["direction"], lights["power"]], axis=1).reshape(-1, 3)
+    params = np.zeros(24, np.float32)
+    params[12:15] = env_rad
+    params[15:20] = (env_tex, n_emit, n_delta, int(has_env), n_groups)
+    packed = {
+        "tri_v": tri_v, "tri_n": tri_n, "tri_uv": tri_uv, "tri_i": tri_i, "tri_pdf": tri_pdf,
+        "node_lo": bvh.node_lo, "node_hi": bvh.node_hi,
+        "node_i": np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32),
+        "emit_tri": emit_tri if n_emit else np.zeros(1, np.int32), "emit_cdf": emit_cdf,
+        "mat_i": mat_i, "mat_f": mat_f, "tex": tex.astype(np.float32), "tex_info": tex_info,
+        "light_i": lights["type"] if n_delta else np.zeros(1, np.int32),
+        "light_f": light_f.astype(np.float32) if n_delta else np.zeros((3, 3), np.float32),
+        "params": params, "tri_order": order, "bvh_depth": bvh.depth, "bvh_nodes": bvh.num_nodes,
+        "bvh_seconds": time.perf_counter() - t0,
+    }
+    if bvh.depth >= STACK_SIZE:
+        raise RenderError(f"BVH depth {bvh.depth} exceeds the traversal stack ({STACK_SIZE})")
+    _packed_cache[scene] = packed
+    return packed
+
+
+def _camera_params(params: np.ndarray, cam: Camera) -> np.ndarray:
+    """Fill the camera slots of ``params``: origin, right * tan * aspect, up * tan, forward."""
+    out = params.copy()
+    right, up, fwd = cam.basis()
+    tan_half = math.tan(math.radians(cam.fov) / 2.0)
+    out[0:3] = cam.position
+    out[3:6] = right * tan_half * cam.aspect
+    out[6:9] = up * tan_half
+    out[9:12] = fwd
+    return out
+
+
+_DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "emit_tri",
+                "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f")
+
+
+def _device_arrays(packed: dict, backend: str) -> dict:
+    """Kernel arguments: numpy arrays on the CPU (zero-copy), Taichi ndarrays on a GPU (uploaded once)."""
+    if backend == "cpu":
+        return {k: packed[k] for k in _DEVICE_KEYS}
+    key = ("_dev", backend)
+    if key not in packed:
+        import taichi as ti
+
+        dev = {}
+        for k in _DEVICE_KEYS:
+            a = np.ascontiguousarray(packed[k])
+            if a.ndim == 2 and a.shape[1] in (2, 3) and k not in ("mat_f",):
+                dt = {(np.float32, 3): ti.math.vec3, (np.float32, 2): ti.math.vec2,
+                      (np.int32, 3): ti.math.ivec3, (np.int32, 2): ti.math.ivec2}[(a.dtype.type, a.shape[1])]
+                nd = ti.ndarray(dtype=dt, shape=a.shape[0])
+            else:
+                nd = ti.ndarray(dtype=ti.f32 if a.dtype == np.float32 else ti.i32, shape=a.shape)
+            nd.from_numpy(a)
+            dev[k] = nd
+        packed[key] = dev
+    return packed[key]
+
+
+# --- the entry point -------------------------------------------------------------------------------
+def _pass_schedule(spp: int) -> list[int]:
+    """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp."""
+    out, size = [], 1
+    while sum(out) < spp:
+        n = min(size, spp - sum(out))
+        out.append(n)
+        if len(out) > 1:
+            size = min(size * 2, MAX_PASS_SPP)
+    return out
+
+
+def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth: int = 8, seed: int = 0,
+              backend: str = "auto", time_budget: float | None = None, progress: bool = False,
+              strategy: str = "mis") -> Frame:
+    """Render ``scene`` through ``camera`` (default: ``scene.camera``) by path tracing.
+
+    spp: samples per pixel (box filter: each sample is uniform over its pixel).
+    max_depth: path segments, as Mitsuba's ``path``: 1 = emitters seen directly, 2 = + direct light,
+        -1 = unbounded (Russian roulette ends paths; it starts at depth 5 in every case).
+    seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend): the same
+        seed gives the same image bit for bit, whatever the thread count or time budget split.
+    backend: "cpu", "gpu" (CUDA) or "auto" (CUDA if present, else CPU).
+    time_budget: seconds; passes stop at the last whole pass inside it (at least one pass runs), and
+        ``meta["spp"]`` says how many samples were taken.
+    progress: show a tqdm bar over samples.
+    strategy: "mis" (default); "nee" or "bsdf" use one light-transport strategy alone (for tests).
+
+    Returns a Frame: rgb (H, W, 3) float32 linear radiance, AOVs from the first hit through each
+    pixel centre, and ``meta`` with renderer, settings, backend, device, paths_per_second,
+    compile_seconds and render_seconds.
+    """
+    camera = scene.camera if camera is None else camera
+    if not isinstance(spp, (int, np.integer)) or spp < 1:
+        raise RenderError(f"spp {spp!r}; expected an integer >= 1")
+    if not isinstance(max_depth, (int, np.integer)) or max_depth < -1:
+        raise RenderError(f"max_depth {max_depth!r}; expected -1 (unbounded) or an integer >= 0")
+    if strategy not in STRATEGIES:
+        raise RenderError(f"strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if time_budget is not None and not time_budget > 0:
+        raise RenderError(f"time_budget {time_budget!r}; expected seconds > 0")
+    if scene.num_triangles == 0:
+        raise RenderError(f"{scene.source}: the scene has no triangles")
+
+    t_start = time.perf_counter()
+    used, device = init_backend(backend)
+    k = _state["kernels"]
+    packed = _pack(scene)
+    dev = _device_arrays(packed, used)
+    params = _camera_params(packed["params"], camera)
+    W, H = camera.width, camera.height
+    seed32 = int(seed) & 0xFFFFFFFF
+
+    import taichi as ti
+
+    if used == "cpu":
+        accum = np.zeros((H * W, 3), np.float32)
+    else:
+        accum = ti.ndarray(dtype=ti.math.vec3, shape=H * W)
+        accum.fill(0.0)
+    depth_arr = np.zeros(H * W, np.float32)
+    normal_arr = np.zeros((H * W, 3), np.float32)
+    albedo_arr = np.zeros((H * W, 3), np.float32)
+    obj_arr = np.zeros(H * W, np.int32)
+    scene_args = [dev[n] for n in _DEVICE_KEYS]
+    max_d = int(max_depth)
+    mode = STRATEGIES[strategy]
+
+    # Compile (or load from the offline cache) with empty launches, so the timings separate the two.
+    t_c = time.perf_counter()
+    k.render_pass(accum, W, H, 0, 0, seed32, max_d, mode, *scene_args, params)
+    k.render_aovs(depth_arr[:0], normal_arr[:0], albedo_arr[:0], obj_arr[:0], 0, 0, dev["tri_v"], dev["tri_n"],
+                  dev["tri_uv"], dev["tri_i"], dev["node_lo"], dev["node_hi"], dev["node_i"], dev["mat_i"],
+                  dev["mat_f"], dev["tex"], dev["tex_info"], params)
+    ti.sync()
+    compile_seconds = time.perf_counter() - t_c
+
+    t_r = time.perf_counter()
+    k.render_aovs(depth_arr, normal_arr, albedo_arr, obj_arr, W, H, dev["tri_v"], dev["tri_n"], dev["tri_uv"],
+                  dev["tri_i"], dev["node_lo"], dev["node_hi"], dev["node_i"], dev["mat_i"], dev["mat_f"], dev["tex"],
+                  dev["tex_info"], params)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spp, unit="spp", desc=f"path {W}x{H} {used}", leave=False)
+    done = 0
+    first_pass_seconds = None
+    last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
+    for n in _pass_schedule(spp):
+        if time_budget is not None and last is not None:
+            elapsed = time.perf_counter() - t_start
+            if elapsed + last[1] * n / last[0] > time_budget:
+                break
+        tp = time.perf_counter()
+        k.render_pass(accum, W, H, done, n, seed32, max_d, mode, *scene_args, params)
+        ti.sync()
+        dt = time.perf_counter() - tp
+        last = (n, dt)
+        if first_pass_seconds is None:
+            first_pass_seconds = time.perf_counter() - t_start
+        done += n
+        if bar is not None:
+            bar.update(n)
+    if bar is not None:
+        bar.close()
+    render_seconds = time.perf_counter() - t_r
+    acc = accum if used == "cpu" else accum.to_numpy()
+    rgb = (acc / np.float32(done)).reshape(H, W, 3).astype(np.float32)
+    meta = {
+        "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d, "seed": int(seed),
+        "strategy": strategy, "backend": used, "device": device, "width": W, "height": H,
+        "paths_per_second": W * H * done / max(render_seconds, 1e-9),
+        "compile_seconds": compile_seconds, "render_seconds": render_seconds,
+        "first_pass_seconds": first_pass_seconds, "total_seconds": time.perf_counter() - t_start,
+        "bvh_seconds": packed["bvh_seconds"], "bvh_nodes": packed["bvh_nodes"], "bvh_depth": packed["bvh_depth"],
+        "triangles": scene.num_triangles,
+    }
+    return Frame(rgb=rgb, depth=depth_arr.reshape(H, W), normal=normal_arr.reshape(H, W, 3),
+                 albedo=albedo_arr.reshape(H, W, 3), object_id=obj_arr.reshape(H, W), meta=meta)
+
+
+# --- probes for tests -------------------------------------------------------------------------------
+def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu"):
+    """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
+    Returns t (R,) float32 (inf on a miss) and the original triangle id (R,) int32 (-1)."""
+    used, _ = init_backend(backend)
+    packed = _pack(scene)
+    dev = _device_arrays(packed, used)
+    o = np.ascontiguousarray(origins, np.float32)
+    d = np.ascontiguousarray(directions, np.float32)
+    t = np.zeros(len(o), np.float32)
+    tri = np.zeros(len(o), np.int32)
+    _state["kernels"].trace_rays(o, d, t, tri, dev["tri_v"], dev["node_lo"], dev["node_hi"], dev["node_i"])
+    return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
+
+
+@dataclass
+class BSDFSamples:
+    """N samples of one BSDF from a fixed wo, in its local frame (z = shading normal)."""
+
+    wi: np.ndarray  # (N, 3)
+    weight: np.ndarray  # (N, 3) f |cos| / pdf
+    pdf: np.ndarray  # (N,) solid-angle pdf (1 for delta lobes)
+    delta: np.ndarray  # (N,) int32
+    eval: np.ndarray  # (N, 3) bsdf_eval's f |cos| at wi
+    eval_pdf: np.ndarray  # (N,) bsdf_eval's pdf at wi
+
+
+MATERIAL_CODES = {"diffuse": 0, "metal": 1, "glass": 2, "emitter": 3}
+
+
+def sample_bsdf(material: str, base, wo, n: int, *, roughness: float = 0.0, ior: float = 1.5,
+                entering: bool = True, seed: int = 0) -> BSDFSamples:
+    """Draw n samples of a material's BSDF from direction wo (local frame, unit)."""
+    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    wi, w, e = (np.zeros((n, 3), np.float32) for _ in range(3))
+    pdf, epdf = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    delta = np.zeros(n, np.int32)
+    _state["kernels"].bsdf_probe(MATERIAL_CODES[material], list(map(float, base)), float(roughness), float(ior),
+                                 int(entering), list(map(float, wo)), int(seed) & 0xFFFFFFFF, wi, w, pdf, delta, e,
+                                 epdf)
+    return BSDFSamples(wi, w, pdf, delta, e, epdf)
+
+
+def eval_bsdf(material: str, base, wo, wis: np.ndarray, *, roughness: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """f |cos| (N, 3) and sampling pdf (N,) of a non-delta BSDF at directions wis (N, 3), local frame."""
+    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    wis = np.ascontiguousarray(wis, np.float32)
+    fc = np.zeros((len(wis), 3), np.float32)
+    pdf = np.zeros(len(wis), np.float32)
+    _state["kernels"].bsdf_eval_probe(MATERIAL_CODES[material], list(map(float, base)), float(roughness),
+                                      list(map(float, wo)), wis, fc, pdf)
+    return fc, pdf

@@ -1,0 +1,634 @@
+"""Taichi kernels of the path tracer: random numbers, BVH traversal, BSDFs, lights, ``radiance``.
+
+Imported only by ``render.pathtracer`` after Taichi has been initialised. Every kernel takes the
+scene as ndarray arguments (never global fields), so one compiled kernel serves every scene size and
+Taichi's offline cache can reuse it across processes. Nothing here unrolls over scene data with
+``ti.static``: loops over triangles, nodes and lights are ordinary runtime loops.
+
+Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH leaf order):
+    tri_v    (3T,) vec3   v0, e1 = v1 - v0, e2 = v2 - v0 of triangle k at 3k, 3k+1, 3k+2
+    tri_n    (3T,) vec3   shading normals of the three corners
+    tri_uv   (3T,) vec2   uvs of the three corners
+    tri_i    (T,)  ivec2  (material id, object id)
+    tri_pdf  (T,)  f32    light-sampling density per unit area of an emitter triangle (0 otherwise):
+                          P(area group) * P(triangle | group) / area
+    node_lo, node_hi (N,) vec3, node_i (N,) ivec3 (a, b, axis): see render.bvh
+    emit_tri (E,)  i32    emitter triangles; emit_cdf (E,) f32 their cumulative selection probability
+    mat_i    (M,)  ivec3  (type, texture, checker)
+    mat_f    (M, 16) f32  base rgb, radiance rgb, checker1 rgb, checker2 rgb, roughness, ior, checker scale
+    tex      (P,)  vec3   all texture texels, row-major, row 0 = top of the image
+    tex_info (K,)  ivec3  (offset into tex, width, height)
+    light_i  (L,)  i32    delta light type (0 point, 1 directional)
+    light_f  (3L,) vec3   position, direction (the way light travels), power (intensity or irradiance)
+Scalars in ``params`` (f32 (24,)): camera origin, right * tan(fov/2) * aspect, up * tan(fov/2), forward,
+environment radiance, then the light-group counts as floats (see ``GROUP_*``).
+"""
+
+import math
+
+import taichi as ti
+
+vec2 = ti.math.vec2
+vec3 = ti.math.vec3
+ivec2 = ti.math.ivec2
+ivec3 = ti.math.ivec3
+
+DIFFUSE, METAL, GLASS, EMITTER = 0, 1, 2, 3
+MIS, NEE_ONLY, BSDF_ONLY = 0, 1, 2  # estimator: both strategies weighted, or one alone (tests)
+STACK = 64  # traversal stack entries (render.bvh.STACK_SIZE)
+RR_DEPTH = 5  # Russian roulette from this many segments on (Mitsuba's rr_depth)
+RAY_EPS = 1e-4  # relative origin offset along the geometric normal (avoids self-intersection)
+DELTA_ROUGHNESS = 1e-4  # metal below this GGX alpha is a perfect mirror
+INV_PI = 1.0 / math.pi
+
+NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
+ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)
+NDI = ti.types.ndarray(dtype=ti.i32, ndim=1)
+NDV3 = ti.types.ndarray(dtype=vec3, ndim=1)
+NDV2 = ti.types.ndarray(dtype=vec2, ndim=1)
+NDI2 = ti.types.ndarray(dtype=ivec2, ndim=1)
+NDI3 = ti.types.ndarray(dtype=ivec3, ndim=1)
+
+
+# --- counter-based random numbers ---------------------------------------------------------------
+@ti.func
+def pcg_hash(x):
+    """PCG's output permutation of one LCG step (Jarzynski & Olano 2020, 'Hash functions for GPU rendering')."""
+    state = x * ti.u32(747796405) + ti.u32(2891336453)
+    word = ((state >> ((state >> ti.u32(28)) + ti.u32(4))) ^ state) * ti.u32(277803737)
+    return (word >> ti.u32(22)) ^ word
+
+
+@ti.func
+def rng_seed(seed, pixel, sample):
+    """The stream of one (seed, pixel, sample): it depends on nothing else (not the thread, not the
+    pass), so an image is bit-identical for any thread count or pass split."""
+    return pcg_hash(sample + pcg_hash(pixel + pcg_hash(seed)))
+
+
+@ti.func
+def rand(state: ti.template()):
+    """Next uniform float in [0, 1) from the stream (one PCG step per dimension)."""
+    state = state * ti.u32(747796405) + ti.u32(2891336453)
+    word = ((state >> ((state >> ti.u32(28)) + ti.u32(4))) ^ state) * ti.u32(277803737)
+    word = (word >> ti.u32(22)) ^ word
+    return ti.f32(word >> ti.u32(8)) * (1.0 / 16777216.0)
+
+
+# --- geometry helpers -----------------------------------------------------------------------------
+@ti.func
+def onb(n):
+    """Two unit tangents completing n to a right-handed frame (Duff et al. 2017, branchless)."""
+    sign = 1.0 if n.z >= 0.0 else -1.0
+    a = -1.0 / (sign + n.z)
+    b = n.x * n.y * a
+    t = vec3(1.0 + sign * n.x * n.x * a, sign * b, -sign * n.x)
+    s = vec3(b, sign + n.y * n.y * a, -n.y)
+    return t, s
+
+
+@ti.func
+def offset_origin(p, ng, w):
+    """Move p off the surface to the side w leaves on, scaled to p's magnitude (float32 spacing)."""
+    scale = RAY_EPS * (1.0 + ti.max(ti.abs(p.x), ti.abs(p.y), ti.abs(p.z)))
+    side = 1.0 if ng.dot(w) >= 0.0 else -1.0
+    return p + ng * (scale * side)
+
+
+@ti.func
+def power_heuristic(a, b):
+    a2 = a * a
+    return a2 / (a2 + b * b) if a2 > 0.0 else 0.0
+
+
+@ti.func
+def max3(v):
+    return ti.max(v.x, v.y, v.z)
+
+
+# --- BVH traversal --------------------------------------------------------------------------------
+@ti.func
+def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
+              node_i: ti.template(), tri_v: ti.template()):
+    """Closest hit (or, with any_hit, any hit) in (0, t_max). Returns (t, triangle, b1, b2); triangle
+    -1 when nothing is hit. Both faces are hit: culling belongs to the materials, not the geometry."""
+    inv = 1.0 / d  # +-inf for zero components: the slab test below stays correct (IEEE)
+    best_t = t_max
+    best = -1
+    bu = 0.0
+    bv = 0.0
+    stack = ti.Vector([0] * STACK, ti.i32)
+    sp = 0
+    node = 0
+    done = False
+    while not done:
+        ta = (node_lo[node] - o) * inv
+        tb = (node_hi[node] - o) * inv
+        t0 = ti.max(ti.min(ta, tb).max(), 0.0)
+        t1 = ti.min(ti.max(ta, tb).min(), best_t)
+        go_on = False
+        if t0 <= t1:
+            info = node_i[node]
+            if info[1] > 0:
+                for k in range(info[0], info[0] + info[1]):
+                    v0 = tri_v[3 * k]
+                    e1 = tri_v[3 * k + 1]
+                    e2 = tri_v[3 * k + 2]
+                    pv = d.cross(e2)
+                    det = e1.dot(pv)
+                    if det != 0.0:
+                        idet = 1.0 / det
+                        s = o - v0
+                        u = s.dot(pv) * idet
+                        if u >= 0.0 and u <= 1.0:
+                            q = s.cross(e1)
+                            v = d.dot(q) * idet
+                            if v >= 0.0 and u + v <= 1.0:
+                                t = e2.dot(q) * idet
+                                if t > 0.0 and t < best_t:
+                                    best_t = t
+                                    best = k
+                                    bu = u
+                                    bv = v
+                if any_hit and best >= 0:
+                    done = True
+            else:
+                near = node + 1
+                far = info[0]
+                if d[info[2]] < 0.0:
+                    near, far = far, near
+                stack[sp] = far
+                sp += 1
+                node = near
+                go_on = True
+        if not go_on and not done:
+            if sp == 0:
+                done = True
+            else:
+                sp -= 1
+                node = stack[sp]
+    return best_t, best, bu, bv
+
+
+# --- textures and the environment ----------------------------------------------------------------
+@ti.func
+def tex_fetch(tex: ti.template(), tex_info: ti.template(), tid, x, y, wrap_y: ti.template()):
+    """Bilinear lookup at continuous texel coordinates (x right, y down; texel centres at +0.5),
+    repeating in x and repeating (textures) or clamped (environment) in y."""
+    info = tex_info[tid]
+    w = info[1]
+    h = info[2]
+    fx = x - 0.5
+    fy = y - 0.5
+    x0 = ti.floor(fx)
+    y0 = ti.floor(fy)
+    ax = fx - x0
+    ay = fy - y0
+    ix0 = ti.i32(x0)
+    iy0 = ti.i32(y0)
+    c = vec3(0.0)
+    for dy, dx in ti.static(ti.ndrange(2, 2)):
+        ix = (ix0 + dx) % w
+        iy = iy0 + dy
+        if ti.static(wrap_y):
+            iy = iy % h
+        else:
+            iy = ti.min(ti.max(iy, 0), h - 1)
+        wgt = (ax if dx == 1 else 1.0 - ax) * (ay if dy == 1 else 1.0 - ay)
+        c += wgt * tex[info[0] + iy * w + ix]
+    return c
+
+
+@ti.func
+def environment(d, env_rad, env_tex, tex: ti.template(), tex_info: ti.template()):
+    """Radiance arriving along -d from infinitely far (the scene's environment, W m^-2 sr^-1)."""
+    L = env_rad
+    if env_tex >= 0:
+        info = tex_info[env_tex]
+        u = 0.5 + ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+        v = ti.acos(ti.min(ti.max(d.y, -1.0), 1.0)) * INV_PI
+        L = L * tex_fetch(tex, tex_info, env_tex, u * info[1], v * info[2], False)
+    return L
+
+
+@ti.func
+def base_color(m, uv, mat_i: ti.template(), mat_f: ti.template(), tex: ti.template(), tex_info: ti.template()):
+    """The material's base colour at uv: texture (v = 0 at the image's bottom row), checker
+    (color1 where floor(u s) + floor(v s) is even) or the constant."""
+    mi = mat_i[m]
+    c = vec3(mat_f[m, 0], mat_f[m, 1], mat_f[m, 2])
+    if mi[1] >= 0:
+        info = tex_info[mi[1]]
+        c = tex_fetch(tex, tex_info, mi[1], uv.x * info[1], (1.0 - uv.y) * info[2], True)
+    elif mi[2] != 0:
+        s = mat_f[m, 14]
+        parity = (ti.i32(ti.floor(uv.x * s)) + ti.i32(ti.floor(uv.y * s))) & 1
+        if parity == 0:
+            c = vec3(mat_f[m, 6], mat_f[m, 7], mat_f[m, 8])
+        else:
+            c = vec3(mat_f[m, 9], mat_f[m, 10], mat_f[m, 11])
+    return c
+
+
+# --- BSDFs (local frame: z is the shading normal on the side of wo) -----------------------------
+@ti.func
+def schlick(f0, cos_theta):
+    m = ti.max(1.0 - cos_theta, 0.0)
+    m2 = m * m
+    return f0 + (1.0 - f0) * (m2 * m2 * m)
+
+
+@ti.func
+def fresnel_dielectric(cos_i, eta):
+    """Unpolarised Fresnel reflectance for a ray arriving with cos_i > 0 at an interface with relative
+    index eta = n_t / n_i. Returns (F, cos_t); F = 1 under total internal reflection."""
+    sin_t2 = (1.0 - cos_i * cos_i) / (eta * eta)
+    F = 1.0
+    cos_t = 0.0
+    if sin_t2 < 1.0:
+        cos_t = ti.sqrt(1.0 - sin_t2)
+        rs = (cos_i - eta * cos_t) / (cos_i + eta * cos_t)
+        rp = (eta * cos_i - cos_t) / (eta * cos_i + cos_t)
+        F = 0.5 * (rs * rs + rp * rp)
+    return F, cos_t
+
+
+@ti.func
+def ggx_d(h, alpha):
+    a2 = alpha * alpha
+    t = (h.x * h.x + h.y * h.y) / a2 + h.z * h.z
+    return 1.0 / (math.pi * a2 * t * t)
+
+
+@ti.func
+def ggx_g1(w, alpha):
+    """Smith masking of the GGX distribution for direction w (local frame)."""
+    z2 = w.z * w.z
+    tan2 = ti.max(1.0 - z2, 0.0) / ti.max(z2, 1e-12)
+    return 2.0 / (1.0 + ti.sqrt(1.0 + alpha * alpha * tan2))
+
+
+@ti.func
+def ggx_sample_vndf(wo, alpha, u1, u2):
+    """A microfacet normal drawn from the distribution of normals visible from wo (Heitz 2018)."""
+    vh = vec3(alpha * wo.x, alpha * wo.y, wo.z).normalized()
+    lensq = vh.x * vh.x + vh.y * vh.y
+    t1 = vec3(1.0, 0.0, 0.0)
+    if lensq > 0.0:
+        t1 = vec3(-vh.y, vh.x, 0.0) / ti.sqrt(lensq)
+    t2 = vh.cross(t1)
+    r = ti.sqrt(u1)
+    phi = 2.0 * math.pi * u2
+    p1 = r * ti.cos(phi)
+    p2 = r * ti.sin(phi)
+    s = 0.5 * (1.0 + vh.z)
+    p2 = (1.0 - s) * ti.sqrt(ti.max(1.0 - p1 * p1, 0.0)) + s * p2
+    nh = p1 * t1 + p2 * t2 + ti.sqrt(ti.max(1.0 - p1 * p1 - p2 * p2, 0.0)) * vh
+    return vec3(alpha * nh.x, alpha * nh.y, ti.max(nh.z, 1e-7)).normalized()
+
+
+@ti.func
+def bsdf_eval(mtype, base, alpha, wo, wi):
+    """f(wo, wi) * |cos theta_i| and the density with which bsdf_sample picks wi (solid angle), for
+    the non-delta lobes; zero for glass and mirrors (they are only reached by sampling)."""
+    fc = vec3(0.0)
+    pdf = 0.0
+    if wo.z > 0.0 and wi.z > 0.0:
+        if mtype == DIFFUSE or mtype == EMITTER:
+            fc = base * (wi.z * INV_PI)
+            pdf = wi.z * INV_PI
+        elif mtype == METAL and alpha >= DELTA_ROUGHNESS:
+            h = (wo + wi).normalized()
+            d = ggx_d(h, alpha)
+            g1o = ggx_g1(wo, alpha)
+            fc = schlick(base, wi.dot(h)) * (d * g1o * ggx_g1(wi, alpha) / (4.0 * wo.z))
+            pdf = g1o * d / (4.0 * wo.z)
+    return fc, pdf
+
+
+@ti.func
+def bsdf_sample(mtype, base, alpha, ior, entering, wo, u1, u2, u3):
+    """Draw wi. Returns (wi, weight = f |cos| / pdf, pdf, is_delta, eta) where eta is the relative
+    index crossed (1 unless refracted). Weight 0 means the path ends."""
+    wi = vec3(0.0, 0.0, 1.0)
+    weight = vec3(0.0)
+    pdf = 0.0
+    delta = 0
+    eta_out = 1.0
+    if mtype == DIFFUSE or mtype == EMITTER:
+        # cosine-weighted hemisphere: the weight is the albedo exactly
+        r = ti.sqrt(u1)
+        phi = 2.0 * math.pi * u2
+        wi = vec3(r * ti.cos(phi), r * ti.sin(phi), ti.sqrt(ti.max(1.0 - u1, 0.0)))
+        pdf = wi.z * INV_PI
+        if wo.z > 0.0 and pdf > 0.0:
+            weight = base
+    elif mtype == METAL:
+        if alpha < DELTA_ROUGHNESS:
+            wi = vec3(-wo.x, -wo.y, wo.z)
+            pdf = 1.0
+            delta = 1
+            if wo.z > 0.0:
+                weight = schlick(base, wo.z)
+        else:
+            h = ggx_sample_vndf(wo, alpha, u1, u2)
+            wi = 2.0 * wo.dot(h) * h - wo
+            if wo.z > 0.0 and wi.z > 0.0:
+                pdf = ggx_g1(wo, alpha) * ggx_d(h, alpha) / (4.0 * wo.z)
+                # f cos / pdf with VNDF sampling = F * G1(wi)  (separable Smith masking-shadowing)
+                weight = schlick(base, wi.dot(h)) * ggx_g1(wi, alpha)
+    elif mtype == GLASS:
+        delta = 1
+        pdf = 1.0
+        eta = ior if entering else 1.0 / ior
+        cos_i = wo.z
+        F, cos_t = fresnel_dielectric(cos_i, eta)
+        if u3 < F:  # choose reflection with probability F: the Fresnel factor cancels in the weight
+            wi = vec3(-wo.x, -wo.y, wo.z)
+            weight = base
+        else:
+            wi = vec3(-wo.x / eta, -wo.y / eta, -cos_t)
+            # radiance is compressed into a smaller solid angle when entering a denser medium
+            weight = base / (eta * eta)
+            eta_out = eta
+    return wi, weight, pdf, delta, eta_out
+
+
+# --- surface interaction --------------------------------------------------------------------------
+@ti.func
+def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template()):
+    """Hit point p, unit geometric normal ng (front face, unflipped), interpolated shading normal
+    ns (unflipped) and uv of triangle k at barycentrics (b1, b2)."""
+    e1 = tri_v[3 * k + 1]
+    e2 = tri_v[3 * k + 2]
+    p = o + t * d
+    ng = e1.cross(e2).normalized()
+    b0 = 1.0 - b1 - b2
+    ns = b0 * tri_n[3 * k] + b1 * tri_n[3 * k + 1] + b2 * tri_n[3 * k + 2]
+    nl = ns.norm()
+    if nl > 0.0:
+        ns = ns / nl
+    else:
+        ns = ng
+    uv = b0 * tri_uv[3 * k] + b1 * tri_uv[3 * k + 1] + b2 * tri_uv[3 * k + 2]
+    return p, ng, ns, uv
+
+
+@ti.func
+def radiance(o, d, state: ti.template(), max_depth, mode,
+             tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
+             tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
+             emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(), mat_f: ti.template(),
+             tex: ti.template(), tex_info: ti.template(), light_i: ti.template(), light_f: ti.template(),
+             params: ti.template()):
+    """Li(o, d): radiance arriving at o from direction -d, by unidirectional path tracing with
+    next-event estimation; both strategies are combined by the power heuristic (mode MIS).
+
+    Light groups, each picked with probability 1 / n_groups by next-event estimation:
+    the emitter triangles together (one picked by power, a point on it uniformly by area), each
+    delta light, and the environment (a uniformly distributed direction)."""
+    env_rad = vec3(params[12], params[13], params[14])
+    env_tex = ti.i32(params[15])
+    n_emit = ti.i32(params[16])
+    n_delta = ti.i32(params[17])
+    has_env = ti.i32(params[18])
+    n_groups = ti.i32(params[19])
+    p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
+    area_group = 1 if n_emit > 0 else 0
+    env_pdf = p_group / (4.0 * math.pi)  # solid-angle density of NEE's environment direction
+
+    L = vec3(0.0)  # radiance gathered so far
+    beta = vec3(1.0)  # path throughput: product of f |cos| / pdf (and 1 / RR survival)
+    eta_acc = 1.0  # product of relative indices crossed (undoes radiance scaling in RR)
+    prev_pdf = 1.0  # solid-angle pdf of the BSDF sample that made this segment
+    prev_delta = 1  # that sample was a delta lobe (or the camera): no MIS for what it hits
+    depth = 0  # segments traced before the current one
+    while True:
+        t, k, b1, b2 = intersect(o, d, 3.0e38, False, node_lo, node_hi, node_i, tri_v)
+        if k < 0:
+            if has_env != 0:
+                Le = environment(d, env_rad, env_tex, tex, tex_info)
+                w = 1.0
+                if prev_delta == 0:
+                    if mode == MIS:
+                        w = power_heuristic(prev_pdf, env_pdf)
+                    elif mode == NEE_ONLY:
+                        w = 0.0
+                L += beta * Le * w
+            break
+        p, ng, ns, uv = surface(o, d, t, k, b1, b2, tri_v, tri_n, tri_uv)
+        m = tri_i[k][0]
+        mtype = mat_i[m][0]
+        front = d.dot(ng) < 0.0
+        if mtype == EMITTER and front:
+            Le = vec3(mat_f[m, 3], mat_f[m, 4], mat_f[m, 5])
+            w = 1.0
+            if prev_delta == 0:
+                if mode == MIS:
+                    # density with which NEE would have picked this point, per solid angle at o
+                    pdf_light = tri_pdf[k] * t * t / ti.abs(d.dot(ng))
+                    w = power_heuristic(prev_pdf, pdf_light)
+                elif mode == NEE_ONLY:
+                    w = 0.0
+            L += beta * Le * w
+        if max_depth >= 0 and depth + 1 >= max_depth:
+            break
+        # non-emitters scatter on both sides: work on the side the ray arrived from
+        if not front:
+            ng = -ng
+            ns = -ns
+        base = base_color(m, uv, mat_i, mat_f, tex, tex_info)
+        alpha = mat_f[m, 12]
+        ior = mat_f[m, 13]
+        ts, bs = onb(ns)
+        wo_w = -d
+        wo = vec3(wo_w.dot(ts), wo_w.dot(bs), wo_w.dot(ns))
+        is_delta = mtype == GLASS or (mtype == METAL and alpha < DELTA_ROUGHNESS)
+        # ---- next-event estimation: one light sample per vertex ----
+        if not is_delta and n_groups > 0 and max3(base) > 0.0:
+            g = ti.min(ti.i32(rand(state) * n_groups), n_groups - 1)
+            ul1 = rand(state)
+            ul2 = rand(state)
+            wi_w = vec3(0.0, 1.0, 0.0)
+            dist = 3.0e38
+            Li = vec3(0.0)  # radiance (or delta light's contribution) divided by its pdf
+            pdf_l = 0.0
+            light_delta = 0
+            if g < area_group:
+                if mode != BSDF_ONLY:
+                    # pick an emitter triangle by its share of emitted power (binary search of the CDF)
+                    ue = rand(state)
+                    lo = 0
+                    hi = n_emit - 1
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if emit_cdf[mid] < ue:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    ke = emit_tri[lo]
+                    su = ti.sqrt(ul1)
+                    q = tri_v[3 * ke] + (1.0 - su) * tri_v[3 * ke + 1] + (su * ul2) * tri_v[3 * ke + 2]
+                    to_l = q - p
+                    d2 = to_l.dot(to_l)
+                    dist = ti.sqrt(d2)
+                    wi_w = to_l / dist
+                    ngl = tri_v[3 * ke + 1].cross(tri_v[3 * ke + 2]).normalized()
+                    cos_l = -wi_w.dot(ngl)
+                    if cos_l > 0.0:  # emitters shine from their front face only
+                        pdf_l = tri_pdf[ke] * d2 / cos_l
+                        me = tri_i[ke][0]
+                        Li = vec3(mat_f[me, 3], mat_f[me, 4], mat_f[me, 5]) / pdf_l
+            elif g < area_group + n_delta:
+                li = g - area_group
+                light_delta = 1
+                if light_i[li] == 0:  # point: intensity / distance^2
+                    to_l = light_f[3 * li] - p
+                    d2 = to_l.dot(to_l)
+                    dist = ti.sqrt(d2)
+                    wi_w = to_l / dist
+                    Li = light_f[3 * li + 2] / (d2 * p_group)
+                else:  # directional: irradiance arriving against its travel direction
+                    wi_w = -light_f[3 * li + 1].normalized()
+                    Li = light_f[3 * li + 2] / p_group
+            else:
+                if mode != BSDF_ONLY:
+                    z = 1.0 - 2.0 * ul1
+                    r = ti.sqrt(ti.max(1.0 - z * z, 0.0))
+                    phi = 2.0 * math.pi * ul2
+                    wi_w = vec3(r * ti.cos(phi), r * ti.sin(phi), z)
+                    pdf_l = env_pdf
+                    Li = environment(wi_w, env_rad, env_tex, tex, tex_info) / pdf_l
+            if max3(Li) > 0.0:
+                wi = vec3(wi_w.dot(ts), wi_w.dot(bs), wi_w.dot(ns))
+                fc, pdf_b = bsdf_eval(mtype, base, alpha, wo, wi)
+                if max3(fc) > 0.0:
+                    w = 1.0
+                    if light_delta == 0 and mode == MIS:
+                        w = power_heuristic(pdf_l, pdf_b)
+                    so = offset_origin(p, ng, wi_w)
+                    t_sh = dist * (1.0 - 1e-3) if dist < 1.0e38 else 3.0e38
+                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v)
+                    if blocker < 0:
+                        L += beta * fc * Li * w
+        # ---- BSDF sampling: the next segment ----
+        u1 = rand(state)
+        u2 = rand(state)
+        u3 = rand(state)
+        wi, weight, pdf, delta, eta = bsdf_sample(mtype, base, alpha, ior, front, wo, u1, u2, u3)
+        if max3(weight) <= 0.0:
+            break
+        beta *= weight
+        eta_acc *= eta
+        prev_pdf = pdf
+        prev_delta = delta
+        d = (wi.x * ts + wi.y * bs + wi.z * ns).normalized()
+        o = offset_origin(p, ng, d)
+        depth += 1
+        if depth >= RR_DEPTH:
+            # Russian roulette: continue with probability q and divide by it (unbiased); eta^2
+            # removes the radiance scaling of refraction from the decision, as Mitsuba does
+            q = ti.min(max3(beta) * eta_acc * eta_acc, 0.95)
+            if rand(state) >= q:
+                break
+            beta /= q
+    return L
+
+
+# --- kernels --------------------------------------------------------------------------------------
+@ti.func
+def camera_ray(params: ti.template(), px, py, width, height):
+    origin = vec3(params[0], params[1], params[2])
+    right = vec3(params[3], params[4], params[5])
+    up = vec3(params[6], params[7], params[8])
+    fwd = vec3(params[9], params[10], params[11])
+    sx = 2.0 * px / width - 1.0
+    sy = 1.0 - 2.0 * py / height
+    return origin, (sx * right + sy * up + fwd).normalized()
+
+
+@ti.kernel
+def render_pass(accum: NDV3, width: ti.i32, height: ti.i32, sample0: ti.i32, spp: ti.i32, seed: ti.u32,
+                max_depth: ti.i32, mode: ti.i32,
+                tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
+                node_lo: NDV3, node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF,
+                mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
+                params: NDF):
+    """Add ``spp`` samples (indices sample0 ..) of every pixel to accum (H*W,) vec3 (sum of radiance).
+    Box pixel filter: each sample is uniform over its pixel."""
+    for pix in range(width * height):
+        row = pix // width
+        col = pix % width
+        acc = vec3(0.0)
+        for s in range(spp):
+            state = rng_seed(seed, ti.u32(pix), ti.u32(sample0 + s))
+            jx = rand(state)
+            jy = rand(state)
+            o, d = camera_ray(params, col + jx, row + jy, width, height)
+            acc += radiance(o, d, state, max_depth, mode, tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi,
+                            node_i, emit_tri, emit_cdf, mat_i, mat_f, tex, tex_info, light_i, light_f, params)
+        accum[pix] += acc
+
+
+@ti.kernel
+def render_aovs(depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32, height: ti.i32,
+                tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, node_lo: NDV3, node_hi: NDV3, node_i: NDI3,
+                mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, params: NDF):
+    """First-hit AOVs through each pixel centre: depth along the camera's forward axis (inf when
+    nothing is hit), unflipped shading normal, base colour, object id (-1)."""
+    fwd = vec3(params[9], params[10], params[11])
+    for pix in range(width * height):
+        row = pix // width
+        col = pix % width
+        o, d = camera_ray(params, col + 0.5, row + 0.5, width, height)
+        t, k, b1, b2 = intersect(o, d, 3.0e38, False, node_lo, node_hi, node_i, tri_v)
+        if k >= 0:
+            p, ng, ns, uv = surface(o, d, t, k, b1, b2, tri_v, tri_n, tri_uv)
+            depth[pix] = t * d.dot(fwd)
+            normal[pix] = ns
+            albedo[pix] = base_color(tri_i[k][0], uv, mat_i, mat_f, tex, tex_info)
+            obj[pix] = tri_i[k][1]
+        else:
+            depth[pix] = ti.math.inf
+            normal[pix] = vec3(0.0)
+            albedo[pix] = vec3(0.0)
+            obj[pix] = -1
+
+
+@ti.kernel
+def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
+               tri_v: NDV3, node_lo: NDV3, node_hi: NDV3, node_i: NDI3):
+    """Closest hit of each ray (for tests against render.bvh's brute force); tri_out in leaf order."""
+    for r in range(origins.shape[0]):
+        t, k, _, _ = intersect(origins[r], directions[r], 3.0e38, False, node_lo, node_hi, node_i, tri_v)
+        t_out[r] = t if k >= 0 else ti.math.inf
+        tri_out[r] = k
+
+
+@ti.kernel
+def bsdf_probe(mtype: ti.i32, base: vec3, alpha: ti.f32, ior: ti.f32, entering: ti.i32, wo: vec3, seed: ti.u32,
+               wi_out: NDV3, weight_out: NDV3, pdf_out: NDF, delta_out: NDI, eval_out: NDV3, eval_pdf_out: NDF):
+    """Sample the BSDF N times from wo (local frame) and evaluate it at the sampled directions
+    (for tests: the estimator identities each BSDF must satisfy)."""
+    for i in range(wi_out.shape[0]):
+        state = rng_seed(seed, ti.u32(i), ti.u32(0))
+        u1 = rand(state)
+        u2 = rand(state)
+        u3 = rand(state)
+        wi, weight, pdf, delta, _ = bsdf_sample(mtype, base, alpha, ior, entering != 0, wo, u1, u2, u3)
+        wi_out[i] = wi
+        weight_out[i] = weight
+        pdf_out[i] = pdf
+        delta_out[i] = delta
+        fc, pdf_e = bsdf_eval(mtype, base, alpha, wo, wi)
+        eval_out[i] = fc
+        eval_pdf_out[i] = pdf_e
+
+
+@ti.kernel
+def bsdf_eval_probe(mtype: ti.i32, base: vec3, alpha: ti.f32, wo: vec3, wis: NDV3, eval_out: NDV3, pdf_out: NDF):
+    """Evaluate f |cos| and the sampling pdf at given directions (local frame)."""
+    for i in range(wis.shape[0]):
+        fc, pdf = bsdf_eval(mtype, base, alpha, wo, wis[i])
+        eval_out[i] = fc
+        pdf_out[i] = pdf
