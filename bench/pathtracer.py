@@ -1,0 +1,276 @@
+"""Benchmark of the path tracer against Mitsuba 3 on the Cornell box (and a >=100k-triangle mesh).
+
+    python bench/pathtracer.py [--backend cpu] [--reference PATH] [--repeats 3] [--no-mitsuba]
+
+Prints a table and writes ``bench/results/pathtracer.json`` (machine, versions, settings, figures):
+paths per second, cold and warm compile time, time from process start to the first pass, RMSE of each
+64-spp image against a high-spp reference (box filter on both sides), and the same for Mitsuba's
+``llvm_ad_rgb`` and ``scalar_rgb`` when Mitsuba is installed. Renderers are timed in alternation
+(ours, Mitsuba, ours, ...) so that other load on the machine hits both alike; every renderer runs in
+its own process so thread pools do not compete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference" / "cornell_box_mitsuba_4096spp.exr"
+sys.path.insert(0, str(ROOT))
+
+# One render in a fresh process: prints JSON with timings measured from the process's start.
+OURS_CHILD = textwrap.dedent("""
+    import json, sys, time
+    t0 = time.perf_counter()
+    import numpy as np
+    import render
+    args = json.loads(sys.argv[1])
+    scene = render.cornell_box(width=args["size"], height=args["size"])
+    if args.get("mesh_tris"):
+        sys.path.insert(0, args["bench_dir"])
+        from pathtracer import mesh_scene
+        scene = mesh_scene(args["mesh_tris"], args["size"])
+    t_call = time.perf_counter() - t0
+    out = []
+    for r in range(args["repeats"]):
+        f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
+        m = dict(f.meta)
+        m["process_to_call_seconds"] = t_call
+        out.append(m)
+        if r == 0 and args.get("save"):
+            np.save(args["save"], f.rgb)
+        t_call = 0.0
+    print("RESULT" + json.dumps(out))
+""")
+
+MITSUBA_CHILD = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import mitsuba as mi
+    args = json.loads(sys.argv[1])
+    mi.set_variant(args["variant"])
+    desc = mi.cornell_box()
+    desc["sensor"]["film"]["rfilter"] = {"type": "box"}  # cornell_box() defaults to a Gaussian
+    desc["sensor"]["film"]["width"] = desc["sensor"]["film"]["height"] = args["size"]
+    desc["integrator"] = {"type": "path", "max_depth": args["depth"]}
+    scene = mi.load_dict(desc)
+    out = []
+    for r in range(args["repeats"] + 1):  # the first render includes the JIT compilation
+        t = time.perf_counter()
+        img = np.array(mi.render(scene, spp=args["spp"], seed=r))
+        dt = time.perf_counter() - t
+        out.append({"seconds": dt, "paths_per_second": args["size"] ** 2 * args["spp"] / dt})
+        if r == 1 and args.get("save"):
+            np.save(args["save"], img[..., :3].astype(np.float32))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def mesh_scene(n_tris: int, size: int = 256):
+    """The Cornell box with its two boxes replaced by a bumpy sphere of >= n_tris triangles (white)."""
+    import trimesh
+
+    import render
+    from render.scene import SceneObject
+
+    base = render.cornell_box(width=size, height=size)
+    sub = 0
+    while 20 * 4 ** sub < n_tris:
+        sub += 1
+    ico = trimesh.creation.icosphere(subdivisions=sub)
+    v = ico.vertices * (1.0 + 0.08 * np.sin(9 * ico.vertices[:, :1]) * np.cos(7 * ico.vertices[:, 1:2]))
+    v = v * 0.45 + [0.0, -0.5, 0.0]
+    tri = v[ico.faces].astype(np.float32)  # (T, 3, 3); flat shading with face normals
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    keep = [i for i, o in enumerate(base.objects) if o.name not in ("small_box", "large_box")]
+    keep_t = np.isin(base.object_id, keep)
+    remap = np.full(len(base.objects), -1, np.int32)
+    remap[keep] = np.arange(len(keep))
+    white = [m.name for m in base.materials].index("white")
+    t = len(tri)
+    return dataclasses.replace(
+        base,
+        positions=np.concatenate([base.positions[keep_t], tri]),
+        normals=np.concatenate([base.normals[keep_t], np.repeat(n[:, None], 3, axis=1)]).astype(np.float32),
+        uvs=np.concatenate([base.uvs[keep_t], np.zeros((t, 3, 2), np.float32)]),
+        material_id=np.concatenate([base.material_id[keep_t], np.full(t, white, np.int32)]),
+        object_id=np.concatenate([remap[base.object_id[keep_t]], np.full(t, len(keep), np.int32)]),
+        objects=tuple(base.objects[i] for i in keep) + (SceneObject("bumpy_sphere", "mesh", "white"),),
+        source=f"cornell_box + bumpy sphere ({t} triangles)",
+    )
+
+
+def _run_child(code: str, args: dict, env: dict | None = None) -> list[dict]:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:  # Taichi wants real files
+        f.write(code)
+        path = f.name
+    try:
+        p = subprocess.run([sys.executable, path, json.dumps(args)], capture_output=True, text=True,
+                           env={**os.environ, **(env or {})}, cwd=str(ROOT))
+    finally:
+        os.unlink(path)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    raise RuntimeError(f"child failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+
+
+def _rmse(img: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((img.astype(np.float64) - ref[..., :3].astype(np.float64)) ** 2)))
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("numpy", "numba", "taichi", "mitsuba", "drjit", "trimesh"):
+        try:
+            m = __import__(mod)
+            v = getattr(m, "__version__", None)
+            if v is None and mod == "taichi":
+                v = ".".join(map(str, m.__version__))
+            out[mod] = str(v)
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def _machine() -> dict:
+    from render.pathtracer import _cpu_name
+
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "load_average_at_start": list(os.getloadavg())}
+
+
+def _have_mitsuba() -> bool:
+    try:
+        import mitsuba  # noqa: F401
+
+        return True
+    except Exception:
+        return False
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="cpu", choices=("cpu", "gpu", "auto"))
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--spp", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="timed renders per renderer and round")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations ours / Mitsuba")
+    ap.add_argument("--mesh-tris", type=int, default=100_000, help="triangles of the mesh scene (0: skip)")
+    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE if DEFAULT_REFERENCE.exists() else None)
+    ap.add_argument("--no-mitsuba", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pathtracer.json")
+    a = ap.parse_args(argv)
+
+    import render
+
+    ref = render.read_image(a.reference) if a.reference else None
+    if ref is not None and ref.shape[:2] != (a.size, a.size):
+        print(f"reference {a.reference} is {ref.shape[1]}x{ref.shape[0]}, not {a.size}^2: RMSE skipped")
+        ref = None
+    settings = {"scene": "cornell_box", "size": a.size, "spp": a.spp, "max_depth": a.depth, "backend": a.backend,
+                "reference": str(a.reference) if a.reference else None, "repeats": a.repeats, "rounds": a.rounds,
+                "pixel_filter": "box"}
+    res: dict = {"machine": _machine(), "versions": _versions(), "settings": settings}
+    tmp = Path(tempfile.mkdtemp(prefix="trirender_bench_"))
+    base = {"size": a.size, "spp": a.spp, "depth": a.depth, "backend": a.backend}
+
+    # cold and warm start: a fresh offline cache, then the same cache in a second process
+    cache = tmp / "ti_cache"
+    env = {"TI_OFFLINE_CACHE_FILE_PATH": str(cache)}
+    starts = {}
+    for name in ("cold", "warm"):
+        m = _run_child(OURS_CHILD, {**base, "repeats": 1}, env)[0]
+        starts[name] = {"compile_seconds": m["compile_seconds"],
+                        "time_to_first_pass_seconds": m["process_to_call_seconds"] + m["first_pass_seconds"],
+                        "first_pass_in_call_seconds": m["first_pass_seconds"]}
+    res["start"] = starts
+
+    have_mi = not a.no_mitsuba and _have_mitsuba()
+    runs = {"ours": [], "mitsuba llvm_ad_rgb": [], "mitsuba scalar_rgb": []}
+    images = {}
+    for rnd in range(a.rounds):
+        save = str(tmp / "ours.npy") if rnd == 0 else None
+        ms = _run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save}, env)
+        runs["ours"] += [m["paths_per_second"] for m in ms]
+        if save:
+            images["ours"] = np.load(save)
+            res["ours_meta"] = ms[0]
+        if have_mi:
+            for variant in ("llvm_ad_rgb", "scalar_rgb"):
+                if variant == "scalar_rgb" and rnd > 0:
+                    continue  # slow and steady: one round is enough
+                save = str(tmp / f"{variant}.npy") if rnd == 0 else None
+                reps = a.repeats if variant == "llvm_ad_rgb" else 1
+                try:
+                    ms = _run_child(MITSUBA_CHILD, {**base, "variant": variant, "repeats": reps, "save": save})
+                except RuntimeError as e:
+                    print(f"mitsuba {variant} failed: {str(e)[-300:]}")
+                    continue
+                runs[f"mitsuba {variant}"] += [m["paths_per_second"] for m in ms[1:]]
+                res.setdefault("mitsuba_first_render_seconds", {})[variant] = ms[0]["seconds"]
+                if save:
+                    images[f"mitsuba {variant}"] = np.load(save)
+
+    rows = []
+    ours_pps = float(np.median(runs["ours"]))
+    for name, pps in runs.items():
+        if not pps:
+            continue
+        med = float(np.median(pps))
+        img = images.get(name)
+        row = {"renderer": name, "paths_per_second": med, "paths_per_second_all": pps,
+               "ratio_ours_over_this": ours_pps / med,
+               "rmse": _rmse(img, ref) if (img is not None and ref is not None) else None,
+               "mean_rgb": img.reshape(-1, 3).mean(0).tolist() if img is not None else None}
+        rows.append(row)
+    res["cornell"] = rows
+
+    if a.mesh_tris:
+        ms = _run_child(OURS_CHILD, {**base, "repeats": max(1, a.repeats - 1), "mesh_tris": a.mesh_tris,
+                                     "bench_dir": str(ROOT / "bench")}, env)
+        res["mesh"] = {"triangles": ms[0]["triangles"], "bvh_nodes": ms[0]["bvh_nodes"], "bvh_depth": ms[0]["bvh_depth"],
+                       "bvh_build_seconds": ms[0]["bvh_seconds"],
+                       "paths_per_second": float(np.median([m["paths_per_second"] for m in ms])),
+                       "cornell_paths_per_second": ours_pps}
+    res["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+    # --- table ---
+    print(f"\nCornell box {a.size}x{a.size}, {a.spp} spp, max_depth {a.depth}, box filter — "
+          f"{res['machine']['cpu']}, backend {a.backend}")
+    print(f"{'renderer':<24}{'M paths/s':>11}{'ours / this':>13}{'RMSE':>9}")
+    for r in rows:
+        rm = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
+        print(f"{r['renderer']:<24}{r['paths_per_second'] / 1e6:>11.3f}{r['ratio_ours_over_this']:>13.2f}{rm:>9}")
+    s = res["start"]
+    print(f"compile: cold {s['cold']['compile_seconds']:.2f} s, warm {s['warm']['compile_seconds']:.2f} s; "
+          f"process start to first pass: cold {s['cold']['time_to_first_pass_seconds']:.2f} s, "
+          f"warm {s['warm']['time_to_first_pass_seconds']:.2f} s")
+    if "mesh" in res:
+        m = res["mesh"]
+        print(f"mesh scene: {m['triangles']} triangles, BVH {m['bvh_nodes']} nodes depth {m['bvh_depth']} "
+              f"built in {m['bvh_build_seconds']:.2f} s; {m['paths_per_second'] / 1e6:.3f} M paths/s "
+              f"({m['paths_per_second'] / ours_pps:.2f}x the 36-triangle box)")
+    print(f"load average start {res['machine']['load_average_at_start']}, end {res['machine']['load_average_at_end']}")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {a.out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
