@@ -14,10 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
 @dataclass(frozen=True)
 class Camera:
     """A perspective camera.
@@ -50,12 +46,15 @@ class Camera:
         vals = self.position + self.look_at + self.up + (self.fov, self.near, self.far)
         if not all(math.isfinite(v) for v in vals):
             return "camera numbers must be finite"
-        f = np.subtract(self.look_at, self.position)
-        if np.linalg.norm(f) < 1e-9:
+        f = [b - a for a, b in zip(self.position, self.look_at)]
+        nf, nu = math.hypot(*f), math.hypot(*self.up)
+        if nf < 1e-9:
             return "look_at equals position; expected a point away from the camera"
-        if np.linalg.norm(self.up) < 1e-9:
+        if nu < 1e-9:
             return "up is the zero vector; expected a direction such as [0, 1, 0]"
-        if np.linalg.norm(np.cross(_unit(f), _unit(np.asarray(self.up)))) < 1e-6:
+        (fx, fy, fz), (ux, uy, uz) = f, self.up
+        sine = math.hypot(fy * uz - fz * uy, fz * ux - fx * uz, fx * uy - fy * ux) / (nf * nu)
+        if sine < 1e-6:
             return "the camera looks along its up vector; expected up not parallel to look_at - position"
         if not 0.0 < self.fov < 180.0:
             return f"fov {self.fov} out of range; expected degrees in (0, 180)"
@@ -71,11 +70,19 @@ class Camera:
         return self.width / self.height
 
     def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(right, true_up, forward) unit vectors in world space, float64."""
-        forward = _unit(np.subtract(self.look_at, self.position).astype(np.float64))
-        right = _unit(np.cross(forward, np.asarray(self.up, np.float64)))
-        true_up = np.cross(right, forward)
-        return right, true_up, forward
+        """(right, true_up, forward) unit vectors in world space, float64 (3,) each (copies)."""
+        cached = self.__dict__.get("_basis")
+        if cached is None:  # computed once per camera: datasets ask for it thousands of times
+            fx, fy, fz = (b - a for a, b in zip(self.position, self.look_at))
+            n = math.sqrt(fx * fx + fy * fy + fz * fz)
+            fx, fy, fz = fx / n, fy / n, fz / n
+            ux, uy, uz = self.up
+            rx, ry, rz = fy * uz - fz * uy, fz * ux - fx * uz, fx * uy - fy * ux
+            n = math.sqrt(rx * rx + ry * ry + rz * rz)
+            rx, ry, rz = rx / n, ry / n, rz / n
+            cached = ((rx, ry, rz), (ry * fz - rz * fy, rz * fx - rx * fz, rx * fy - ry * fx), (fx, fy, fz))
+            object.__setattr__(self, "_basis", cached)
+        return tuple(np.array(v) for v in cached)
 
     def camera_to_world(self) -> np.ndarray:
         """(4, 4) float64: columns are right, up, -forward (the camera's +z) and position."""

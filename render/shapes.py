@@ -8,6 +8,7 @@ are flat.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -187,8 +188,16 @@ def _rot_z(deg):
 
 
 def rotation_xyz(deg) -> np.ndarray:
-    """Euler XYZ in degrees: rotate about x first, then y, then z (world axes): R = Rz Ry Rx."""
-    return _rot_z(deg[2]) @ _rot_y(deg[1]) @ _rot_x(deg[0])
+    """Euler XYZ in degrees: rotate about x first, then y, then z (world axes): R = Rz Ry Rx.
+
+    Entries within 1e-15 of 0 or +-1 are snapped, so quarter turns are exact (cos 90 degrees is
+    6e-17 in floating point); otherwise two walls meeting at a corner would not share the corner
+    vertex bit for bit and a watertight rasterizer could show a crack between them.
+    """
+    r = _rot_z(deg[2]) @ _rot_y(deg[1]) @ _rot_x(deg[0])
+    r[np.abs(r) < 1e-15] = 0.0
+    r[np.abs(np.abs(r) - 1.0) < 1e-15] = np.sign(r[np.abs(np.abs(r) - 1.0) < 1e-15])
+    return r
 
 
 def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
@@ -207,7 +216,25 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     return p2, n2, uv
 
 
-SHAPES = {
+def _cached(make):
+    """Memoise a tessellation by its parameters (datasets build thousands of similar shapes); the
+    arrays handed out are read-only so a caller cannot change the cached copy."""
+
+    @functools.lru_cache(maxsize=512)
+    def cached(*items):
+        out = make(**dict(items))
+        for a in out:
+            a.flags.writeable = False
+        return out
+
+    @functools.wraps(make)
+    def call(**params):
+        return cached(*sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+
+    return call
+
+
+SHAPES = {name: _cached(fn) for name, fn in {
     "quad": make_quad,
     "box": make_box,
     "sphere": make_sphere,
@@ -215,4 +242,4 @@ SHAPES = {
     "cone": make_cone,
     "capsule": make_capsule,
     "torus": make_torus,
-}
+}.items()}

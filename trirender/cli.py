@@ -164,13 +164,87 @@ def render_cmd(
     out.print(f"wrote {', '.join(str(p) for p in written)} ({cam.width}x{cam.height}, {renderer.value}; {timing})")
 
 
+# --- dataset --------------------------------------------------------------------------------------
+dataset_app = typer.Typer(no_args_is_help=True, help="Generate, verify, merge and show datasets for the neural renderer.")
+app.add_typer(dataset_app, name="dataset", help="Datasets for the neural renderer (generate, verify, merge, show).")
+
+
+@dataset_app.command("generate")
+def dataset_generate(
+    family: str = typer.Argument(..., help="Scene family: rooms_ring, shepard_metzler, cornell_box."),
+    out_dir: Path = typer.Option(..., "--out", help="Dataset folder (created; an interrupted run resumes in it)."),
+    scenes: int = typer.Option(1000, help="Number of scenes N."),
+    views: int = typer.Option(10, help="Views per scene V."),
+    size: int = typer.Option(64, help="Image width and height in pixels."),
+    renderer: str = typer.Option("raster", help="raster, path, or both (stores both images of every view)."),
+    spp: int = typer.Option(64, help="Path tracer samples per pixel."),
+    max_depth: int = typer.Option(8, help="Path tracer path segments."),
+    ssaa: int = typer.Option(1, help="Rasterizer supersampling per axis (1, 2, 4)."),
+    seed: int = typer.Option(0, help="Seed: shards depend only on (seed, shard index)."),
+    shard_size: int = typer.Option(100, help="Scenes per shard."),
+    workers: int = typer.Option(1, help="Processes rendering shards in parallel (renderers already use all cores)."),
+    shard_index: int = typer.Option(0, help="This process's share: shards j with j % num_shards == shard_index."),
+    num_shards: int = typer.Option(1, help="How many processes/machines share the work (join with `dataset merge`)."),
+):
+    """Render a dataset of scenes x views into checksummed, resumable shards."""
+    from render.dataset import DatasetConfig, generate
+
+    cfg = DatasetConfig(family, scenes, views, size, renderer, spp, max_depth, ssaa, seed, shard_size)
+    m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
+    n = sum(min(cfg.scenes, (int(j) + 1) * cfg.shard_size) - int(j) * cfg.shard_size for j in m["shards"])
+    part = "" if num_shards == 1 else f" (part {shard_index} of {num_shards}; run `trirender dataset merge {out_dir}` when all are done)"
+    out.print(f"{out_dir}: {n} scenes x {views} views in {len(m['shards'])} shard(s), {m['seconds']:.1f}s{part}")
+
+
+@dataset_app.command("verify")
+def dataset_verify(data: Path = typer.Argument(..., help="Dataset folder.")):
+    """Recompute every shard's checksums and name any bad or missing shard."""
+    from render.dataset import verify
+
+    problems = verify(data)
+    for p in problems:
+        err.print(f"bad: {p}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{data}: all shards verified")
+
+
+@dataset_app.command("merge")
+def dataset_merge(data: Path = typer.Argument(..., help="Dataset folder written by several --shard-index runs.")):
+    """Join the manifests of a distributed run into one manifest.json."""
+    from render.dataset import merge
+
+    m = merge(data)
+    out.print(f"{data}: manifest.json lists {len(m['shards'])} shards")
+
+
+@dataset_app.command("show")
+def dataset_show(data: Path = typer.Argument(..., help="Dataset folder."),
+                 scenes: int = typer.Option(8, help="Rows (scenes) on the sheet."),
+                 out_path: Path = typer.Option(Path("sheet.png"), "--out", help="PNG to write."),
+                 path_images: bool = typer.Option(False, "--path-images", help="Show the path-traced images of a 'both' dataset.")):
+    """Write a contact sheet: one row per scene, its views in order, viewpoints under each."""
+    from render.dataset import contact_sheet
+
+    contact_sheet(data, scenes, out_path, "images_path" if path_images else "images")
+    out.print(f"wrote {out_path}")
+
+
+from .cli_neural import register as _register_neural  # noqa: E402
+
+_register_neural(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning refusals of bad input into a short message and exit 2."""
     from render.errors import RenderError, SceneError
+    from render.shards import ShardError
 
     try:
-        app(args=argv, prog_name="trirender", standalone_mode=False)
-    except (SceneError, RenderError) as exc:
+        rc = app(args=argv, prog_name="trirender", standalone_mode=False)
+        if isinstance(rc, int) and rc:  # a typer.Exit(code) inside a command
+            sys.exit(rc)
+    except (SceneError, RenderError, ShardError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:

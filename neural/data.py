@@ -1,0 +1,155 @@
+"""GQN batches from a dataset folder (``render.shards`` format), memory-mapped, deterministic.
+
+A batch is B scenes, each with K context views and one query view drawn from its V stored views,
+K drawn once per batch uniformly from 1..K_max as GQN does. Batch ``b`` of epoch ``e`` depends only
+on (seed, e, b), never on the number of worker processes, so training resumes bit-identically from
+any batch.
+
+    loader = make_loader("data/rooms", batch_size=36, max_context=5, seed=0, num_workers=2)
+    for batch in loader:                      # uint8 images, as stored
+        x = to_model(batch, device)           # float images in [0, 1], channels first
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from render.shards import ShardError, open_shard, read_manifest
+
+
+class SceneViews:
+    """Random access to every view of every scene of a dataset folder.
+
+    Shards are verified (checksums) when the object is made, in the process that makes it; worker
+    processes re-open them memory-mapped without re-verifying. A corrupt shard raises ShardError
+    naming it.
+    """
+
+    def __init__(self, root: str | Path, verify: bool = True, images: str = "images"):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.images_key = images
+        self.shard_size = int(self.manifest["shard_size"])
+        self.num_scenes = int(self.manifest["scenes"])
+        self.views = int(self.manifest["views"])
+        self.image_size = int(self.manifest["image_size"])
+        shards = self.manifest.get("shards", {})
+        expected = -(-self.num_scenes // self.shard_size)
+        missing = [i for i in range(expected) if f"{i}" not in shards]
+        if missing:
+            raise ShardError(f"{self.root}/manifest.json: shards {missing[:5]} missing; run `trirender dataset "
+                             "generate` again to finish, or `trirender dataset merge` after distributed runs")
+        self._digests = {int(k): v for k, v in shards.items()}
+        self._shards: dict[int, Any] | None = None
+        if verify:
+            self._open(verify=True)
+
+    def _open(self, verify: bool = False):
+        if self._shards is None:
+            self._shards = {i: open_shard(self.root, i, d, verify=verify) for i, d in sorted(self._digests.items())}
+        return self._shards
+
+    def __getstate__(self):  # memory maps are re-opened in each worker, not pickled
+        state = dict(self.__dict__)
+        state["_shards"] = None
+        return state
+
+    def gather(self, scenes: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (B, N, H, W, 3) and viewpoints float32 (B, N, 7) of ``views`` (B, N) of
+        ``scenes`` (B,) (global scene indices)."""
+        shards = self._open()
+        b, n = views.shape
+        s = self.image_size
+        imgs = np.empty((b, n, s, s, 3), np.uint8)
+        vps = np.empty((b, n, 7), np.float32)
+        for row, (scene, vs) in enumerate(zip(scenes, views)):
+            shard = shards[int(scene) // self.shard_size]
+            local = int(scene) - shard.first_scene
+            order = np.sort(vs)  # memory maps read fastest in order; undo the sort below
+            inv = np.argsort(np.argsort(vs))
+            src = shard.images if self.images_key == "images" else shard.images_path
+            imgs[row] = src[local, order][inv]
+            vps[row] = shard.viewpoints[local, order][inv]
+        return imgs, vps
+
+
+class GQNBatches(Dataset):
+    """Map-style dataset whose items are whole batches: item ``b`` is batch ``b`` of the current
+    epoch (see ``set_epoch``). Use with ``DataLoader(batch_size=None)``.
+
+    Each item is a dict of tensors: ``context_images`` uint8 (B, K, H, W, 3), ``context_viewpoints``
+    float32 (B, K, 7), ``query_image`` uint8 (B, H, W, 3), ``query_viewpoint`` float32 (B, 7),
+    ``scene_index`` int64 (B,).
+    """
+
+    def __init__(self, views: SceneViews, batch_size: int, max_context: int = 5, seed: int = 0,
+                 fixed_context: int | None = None, drop_last: bool = True):
+        if views.views < 2:
+            raise ValueError(f"{views.root}: {views.views} view(s) per scene; expected at least 2 (context + query)")
+        self.data = views
+        self.batch_size = int(batch_size)
+        self.max_context = int(min(max_context, views.views - 1))
+        self.fixed_context = fixed_context
+        if fixed_context is not None and not 1 <= fixed_context <= views.views - 1:
+            raise ValueError(f"context {fixed_context}; expected 1..{views.views - 1} for {views.views} views per scene")
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.data.num_scenes
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def spec(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scene indices (B,) and view indices (B, K + 1) (context first, query last) of batch ``index``."""
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.data.num_scenes)
+        scenes = order[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = self.fixed_context or int(rng.integers(1, self.max_context + 1))
+        # K + 1 distinct views per scene: the first K of a random permutation per row
+        views = np.argsort(rng.random((len(scenes), self.data.views)), axis=1)[:, : k + 1]
+        return scenes, views
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        scenes, views = self.spec(index)
+        imgs, vps = self.data.gather(scenes, views)
+        return {
+            "context_images": torch.from_numpy(imgs[:, :-1]),
+            "context_viewpoints": torch.from_numpy(vps[:, :-1]),
+            "query_image": torch.from_numpy(np.ascontiguousarray(imgs[:, -1])),
+            "query_viewpoint": torch.from_numpy(np.ascontiguousarray(vps[:, -1])),
+            "scene_index": torch.from_numpy(scenes.astype(np.int64)),
+        }
+
+
+def make_loader(root: str | Path, batch_size: int, max_context: int = 5, seed: int = 0, num_workers: int = 0,
+                epoch: int = 0, start_batch: int = 0, fixed_context: int | None = None, verify: bool = True,
+                images: str = "images") -> DataLoader:
+    """A DataLoader over batches ``start_batch..`` of ``epoch`` (for resuming mid-epoch)."""
+    ds = GQNBatches(SceneViews(root, verify=verify, images=images), batch_size, max_context, seed, fixed_context)
+    ds.set_epoch(epoch)
+    return DataLoader(ds, batch_size=None, sampler=range(start_batch, len(ds)), num_workers=num_workers,
+                      persistent_workers=False, pin_memory=False)
+
+
+def to_model(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """uint8 channel-last images -> float32 channel-first in [0, 1] on ``device``:
+    context_images (B, K, 3, H, W), query_image (B, 3, H, W); viewpoints moved as they are."""
+    ctx = batch["context_images"].to(device, non_blocking=True)
+    qry = batch["query_image"].to(device, non_blocking=True)
+    return {
+        "context_images": ctx.permute(0, 1, 4, 2, 3).float().div_(255.0),  # (B, K, 3, H, W)
+        "context_viewpoints": batch["context_viewpoints"].to(device),  # (B, K, 7)
+        "query_image": qry.permute(0, 3, 1, 2).float().div_(255.0),  # (B, 3, H, W)
+        "query_viewpoint": batch["query_viewpoint"].to(device),  # (B, 7)
+    }

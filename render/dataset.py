@@ -1,0 +1,306 @@
+"""Dataset generation for the neural renderer: procedural scenes rendered from V viewpoints each,
+written as checksummed shards (``render.shards``), resumable and splittable across processes.
+
+Determinism: scene ``k`` is built with ``default_rng([seed, k])`` and its cameras with
+``default_rng([seed, k, 1])``; the path tracer's seed for view ``v`` of scene ``k`` is
+``seed * 1_000_003 + k * V + v``. So a shard depends only on (settings, seed, shard index): any
+number of processes or machines, any order, any interruption, gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import RenderError
+from .families import FAMILIES
+from .image_io import to_srgb8
+from .loader import scene_from_dict
+from .shards import (FORMAT, VERSION, ShardError, clean_temporaries, read_manifest, shard_name, sha256_file,
+                     verify_shard, write_manifest, write_shard)
+
+RENDERERS = ("raster", "path", "both")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Everything that determines a dataset's bytes (saved in manifest.json)."""
+
+    family: str  # a name in render.FAMILIES
+    scenes: int  # number of scenes N
+    views: int  # views per scene V
+    size: int = 64  # image width = height, pixels
+    renderer: str = "raster"  # raster | path | both (both stores images and images_path)
+    spp: int = 64  # path tracer samples per pixel
+    max_depth: int = 8  # path tracer path segments
+    ssaa: int = 1  # rasterizer supersampling per axis
+    seed: int = 0
+    shard_size: int = 100  # scenes per shard
+    family_params: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the family
+
+    def check(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"family {self.family!r}; expected one of: {', '.join(FAMILIES)}")
+        if self.renderer not in RENDERERS:
+            problems.append(f"renderer {self.renderer!r}; expected one of: {', '.join(RENDERERS)}")
+        for name, lo in (("scenes", 1), ("views", 1), ("size", 8), ("spp", 1), ("shard_size", 1)):
+            if getattr(self, name) < lo:
+                problems.append(f"{name} {getattr(self, name)}; expected at least {lo}")
+        if self.ssaa not in (1, 2, 4):
+            problems.append(f"ssaa {self.ssaa}; expected 1, 2 or 4")
+        if problems:
+            raise RenderError("dataset settings: " + "; ".join(problems))
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.scenes // self.shard_size)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "family": self.family, "family_params": self.family_params,
+                "scenes": self.scenes, "views": self.views, "image_size": self.size, "renderer": self.renderer,
+                "render_settings": {"spp": self.spp, "max_depth": self.max_depth, "ssaa": self.ssaa,
+                                    "shadow_map": shadow_map_size(self.size)},
+                "seed": self.seed, "shard_size": self.shard_size, "num_shards": self.num_shards,
+                "config": asdict(self)}
+
+
+def shadow_map_size(image_size: int) -> int:
+    """Cube-face side for dataset views (directional maps get twice this): 4 texels per pixel."""
+    return int(max(128, 4 * image_size))
+
+
+def scene_record(config: DatasetConfig, k: int) -> tuple[dict, list]:
+    """Scene ``k``'s TOML description and its V cameras."""
+    fam = FAMILIES[config.family]
+    desc = fam.describe(np.random.default_rng([config.seed, k]), width=config.size, height=config.size,
+                        **config.family_params)
+    cams = fam.cameras(np.random.default_rng([config.seed, k, 1]), config.views, config.size, config.size)
+    return desc, cams
+
+
+def render_shard(config: DatasetConfig, index: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Render shard ``index``: arrays for ``write_shard`` and the scene records."""
+    first = index * config.shard_size
+    ks = range(first, min(config.scenes, first + config.shard_size))
+    s, v, n = len(ks), config.views, config.size
+    pairs, records = [], []
+    viewpoints = np.empty((s, v, 7), np.float32)
+    cameras = np.empty((s, v, 4, 4), np.float32)
+    for row, k in enumerate(ks):
+        desc, cams = scene_record(config, k)
+        scene = scene_from_dict(desc, source=f"<{config.family} scene {k}>")
+        records.append({"scene": k, "description": desc})
+        for col, cam in enumerate(cams):
+            pairs.append((scene, cam))
+            viewpoints[row, col] = cam.viewpoint()
+            cameras[row, col] = cam.camera_to_world()
+    arrays: dict[str, np.ndarray] = {"viewpoints": viewpoints, "cameras": cameras,
+                                     "fov": np.array([[c.fov for _, c in pairs[r * v:(r + 1) * v]] for r in range(s)], np.float32)}
+    if config.renderer in ("raster", "both"):
+        from .rasterizer import rasterize_batch
+
+        # Shadow maps sized to the views: the rasterizer's defaults (2048^2 directional maps) are
+        # for full-size frames and would dominate the cost of 64x64 views.
+        frames = rasterize_batch(pairs, ssaa=config.ssaa, directional_resolution=shadow_map_size(config.size) * 2,
+                                 shadow_resolution=shadow_map_size(config.size))
+        arrays["images"] = np.stack([to_srgb8(f.rgb) for f in frames]).reshape(s, v, n, n, 3)
+    if config.renderer in ("path", "both"):
+        from .pathtracer import pathtrace
+
+        imgs = np.empty((s * v, n, n, 3), np.uint8)
+        for j, (scene, cam) in enumerate(pairs):
+            k, view = ks[j // v], j % v
+            f = pathtrace(scene, cam, spp=config.spp, max_depth=config.max_depth,
+                          seed=config.seed * 1_000_003 + k * v + view)
+            imgs[j] = to_srgb8(f.rgb)
+        arrays["images_path" if config.renderer == "both" else "images"] = imgs.reshape(s, v, n, n, 3)
+    return arrays, records
+
+
+def _make_shard(config: DatasetConfig, out: str, index: int) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    arrays, records = render_shard(config, index)
+    digest = write_shard(out, index, index * config.shard_size, arrays, records)
+    return index, digest, time.perf_counter() - t0
+
+
+def _manifest_name(shard_index: int, num_shards: int) -> str:
+    return "manifest.json" if num_shards == 1 else f"manifest.part-{shard_index}-of-{num_shards}.json"
+
+
+def _check_same_settings(out: Path, config: DatasetConfig) -> None:
+    want = config.manifest()
+    for path in sorted(out.glob("manifest*.json")):
+        try:
+            have = json.loads(path.read_text())
+        except ValueError:
+            raise ShardError(f"{path}: not valid JSON; remove it to start over") from None
+        have_cfg, want_cfg = have.get("config"), want["config"]
+        if have_cfg != want_cfg:
+            diff = [k for k in want_cfg if have_cfg is None or have_cfg.get(k) != want_cfg[k]]
+            raise ShardError(f"{path}: made with other settings ({', '.join(diff)} differ); "
+                             "use another --out folder or the same settings to resume")
+
+
+def generate(config: DatasetConfig, out: str | Path, *, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
+             progress: bool = True, on_shard: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Generate (or resume) the shards ``j`` with ``j % num_shards == shard_index`` into ``out``.
+
+    Complete shards already on disk whose checksums hold are kept; half-written ones are removed.
+    After every shard the manifest (``manifest.json``, or ``manifest.part-i-of-n.json`` for one of n
+    processes; join those with ``merge``) is rewritten atomically. Returns the manifest.
+    """
+    config.check()
+    if not 0 <= shard_index < num_shards:
+        raise RenderError(f"--shard-index {shard_index}; expected 0..{num_shards - 1} for --num-shards {num_shards}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_settings(out, config)
+    clean_temporaries(out)
+    manifest = config.manifest()
+    manifest["shards"] = {}
+    mine = [j for j in range(config.num_shards) if j % num_shards == shard_index]
+    todo = []
+    for j in mine:
+        if (out / shard_name(j) / "shard.json").is_file() and verify_shard(out, j) is None:
+            manifest["shards"][str(j)] = sha256_file(out / shard_name(j) / "shard.json")
+        else:
+            todo.append(j)
+    name = _manifest_name(shard_index, num_shards)
+    write_manifest(out, manifest, name)
+    size_of = lambda j: min(config.scenes, (j + 1) * config.shard_size) - j * config.shard_size  # noqa: E731
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(size_of(j) for j in mine), initial=sum(size_of(j) for j in mine if j not in todo),
+                   unit="scene", desc=f"{config.family} ({config.renderer})", dynamic_ncols=True)
+    t_start, views_done = time.perf_counter(), 0
+
+    def done(j: int, digest: str) -> None:
+        nonlocal views_done
+        manifest["shards"][str(j)] = digest
+        write_manifest(out, manifest, name)
+        views_done += size_of(j) * config.views
+        if bar is not None:
+            bar.update(size_of(j))
+            bar.set_postfix(views_per_s=f"{views_done / (time.perf_counter() - t_start):.0f}")
+        if on_shard is not None:
+            on_shard(j)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for j in todo:
+                done(j, _make_shard(config, str(out), j)[1])
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_make_shard, config, str(out), j) for j in todo]
+                for fut in futures:  # in order, so the manifest grows in order
+                    j, digest, _ = fut.result()
+                    done(j, digest)
+    finally:
+        if bar is not None:
+            bar.close()
+    manifest["seconds"] = round(time.perf_counter() - t_start, 3)  # informative only; not checksummed
+    return manifest
+
+
+def merge(out: str | Path) -> dict[str, Any]:
+    """Join ``manifest.part-*.json`` files of a distributed run into ``manifest.json`` (checking they
+    share settings and together cover every shard); returns the merged manifest."""
+    out = Path(out)
+    parts = sorted(out.glob("manifest.part-*.json"))
+    base = None
+    shards: dict[str, str] = {}
+    if (out / "manifest.json").is_file():
+        base = read_manifest(out)
+        shards.update(base.get("shards", {}))
+    for p in parts:
+        m = json.loads(p.read_text())
+        if base is None:
+            base = m
+        elif m.get("config") != base.get("config"):
+            raise ShardError(f"{p}: made with other settings than {parts[0] if parts else 'manifest.json'}")
+        shards.update(m.get("shards", {}))
+    if base is None:
+        raise ShardError(f"{out}: no manifest.json or manifest.part-*.json to merge")
+    missing = [j for j in range(base["num_shards"]) if str(j) not in shards]
+    if missing:
+        raise ShardError(f"{out}: shards {', '.join(shard_name(j) for j in missing[:5])}"
+                         f"{' …' if len(missing) > 5 else ''} are not done yet; finish every --shard-index first")
+    merged = {**base, "shards": {str(j): shards[str(j)] for j in range(base["num_shards"])}}
+    write_manifest(out, merged)
+    for p in parts:
+        p.unlink()
+    return merged
+
+
+def verify(out: str | Path) -> list[str]:
+    """Recompute every shard's checksums against the manifest; returns one line per problem."""
+    out = Path(out)
+    m = read_manifest(out)
+    problems = []
+    for j in range(m["num_shards"]):
+        problem = verify_shard(out, j, m.get("shards", {}).get(str(j)))
+        if str(j) not in m.get("shards", {}) and problem is None:
+            problem = f"{out / shard_name(j)}: not in manifest.json (resume the run or merge its parts)"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.png", images: str = "images") -> Path:
+    """A PNG with one row per scene (its views in order) and the 7 viewpoint numbers under each view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .image_io import atomic_path
+    from .shards import open_shard
+
+    out = Path(out)
+    m = read_manifest(out)
+    rows = min(scenes, m["scenes"])
+    v = m["views"]
+    fig, axes = plt.subplots(rows, v, figsize=(1.25 * v, 1.55 * rows), squeeze=False)
+    shard_cache: dict[int, Any] = {}
+    for r in range(rows):
+        j = r // m["shard_size"]
+        if j not in shard_cache:
+            shard_cache[j] = open_shard(out, j, m["shards"].get(str(j)))
+        sh = shard_cache[j]
+        src = sh.images if images == "images" else sh.images_path
+        for c in range(v):
+            ax = axes[r, c]
+            ax.imshow(src[r - sh.first_scene, c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            vp = sh.viewpoints[r - sh.first_scene, c]
+            ax.set_xlabel(f"({vp[0]:.1f},{vp[1]:.1f},{vp[2]:.1f})\n"
+                          f"yaw {math.degrees(math.atan2(vp[4], vp[3])):.0f}° pitch {math.degrees(math.atan2(vp[6], vp[5])):.0f}°",
+                          fontsize=5)
+            if c == 0:
+                ax.set_ylabel(f"scene {r}", fontsize=6)
+    fig.suptitle(f"{out.name}: {m['family']}, {m['renderer']}, {m['image_size']}px, seed {m['seed']}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def worker_count(requested: int | None) -> int:
+    return max(1, requested if requested else 1) if requested is not None else max(1, (os.cpu_count() or 1) // 2)
