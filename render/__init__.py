@@ -31,7 +31,7 @@ def __getattr__(name):  # lazy entry points of the renderers (PEP 562)
 
         return pathtrace
     if name == "compare":
-        from .compare import compare
+        from .metrics import compare
 
         return compare
     raise AttributeError(f"module 'render' has no attribute {name!r}")

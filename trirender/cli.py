@@ -164,6 +164,131 @@ def render_cmd(
     out.print(f"wrote {', '.join(str(p) for p in written)} ({cam.width}x{cam.height}, {renderer.value}; {timing})")
 
 
+# --- compare --------------------------------------------------------------------------------------
+def _reference(path: Optional[Path], cam) -> "np.ndarray | None":
+    from render import RenderError, read_image
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise RenderError(f"--reference {path}: file not found; expected a linear EXR (or PNG) of the scene")
+    ref = read_image(path)
+    if ref.ndim != 3 or ref.shape[:2] != (cam.height, cam.width):
+        raise RenderError(f"--reference {path}: image is {ref.shape[1]}x{ref.shape[0]}; expected {cam.width}x{cam.height} "
+                          "like the scene's camera (or pass --width/--height)")
+    return ref
+
+
+def _camera_for(s, width, height):
+    from render import RenderError
+
+    cam = s.camera
+    if width or height:
+        try:
+            cam = cam.with_size(width or cam.width, height or cam.height)
+        except ValueError as exc:
+            raise RenderError(str(exc)) from None
+    return cam
+
+
+@app.command("compare")
+def compare_cmd(
+    scene: str = SceneArg,
+    out_path: Path = typer.Option(Path("compare.png"), "--out", help="The picture: raster | path-traced | error heat map."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
+    spp: int = typer.Option(64, help="Path tracer samples per pixel."),
+    max_depth: int = typer.Option(8, help="Path tracer path segments."),
+    ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis (1, 2, 4)."),
+    seed: int = typer.Option(0, help="Path tracer seed (and procedural scene seed)."),
+    backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
+    width: Optional[int] = typer.Option(None, help="Override the image width."),
+    height: Optional[int] = typer.Option(None, help="Override the image height."),
+    reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR."),
+):
+    """Render a scene with both renderers and write a side-by-side picture with the metrics."""
+    import numpy as np  # noqa: F401
+
+    from render import RenderError, compare, pathtrace, rasterize
+    from render.metrics import compare_picture, footer_text
+
+    if ssaa not in (1, 2, 4):
+        raise typer.BadParameter(f"{ssaa}; expected 1, 2 or 4", param_hint="--ssaa")
+    if spp < 1:
+        raise typer.BadParameter(f"{spp}; expected at least 1", param_hint="--spp")
+    s = _load(scene, seed)
+    cam = _camera_for(s, width, height)
+    ref = _reference(reference, cam)
+    raster = rasterize(s, cam, ssaa=ssaa)
+    path = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value, progress=True)
+    c = compare(raster, path)
+    scores = {}
+    if ref is not None:
+        scores = {"raster": compare(raster.rgb, ref), "path": compare(path.rgb, ref)}
+    t_r = raster.meta.get("render_seconds", float("nan"))
+    t_p = path.meta.get("render_seconds", float("nan"))
+    panels = [(f"raster (numba), ssaa {ssaa}\n{t_r:.2f} s", raster.rgb),
+              (f"path (Taichi {path.meta.get('backend', '')}), {spp} spp, depth {max_depth}\n{t_p:.2f} s", path.rgb)]
+    compare_picture(panels, c.error_map, "|raster - path| (RMS over RGB)", footer_text(c, scores), out_path,
+                    title=f"{scene}  {cam.width}x{cam.height}")
+    result = {"scene": scene, "width": cam.width, "height": cam.height,
+              "raster": {"ssaa": ssaa, "render_seconds": t_r, "compile_seconds": raster.meta.get("compile_seconds")},
+              "path": {"spp": spp, "max_depth": max_depth, "seed": seed, "backend": path.meta.get("backend"),
+                       "render_seconds": t_p, "compile_seconds": path.meta.get("compile_seconds")},
+              "raster_vs_path": c.to_dict(),
+              "vs_reference": {k: v.to_dict() for k, v in scores.items()}}
+    if json_out:
+        _write_json(json_out, result)
+    out.print(footer_text(c, scores))
+    out.print(f"wrote {out_path}" + (f" and {json_out}" if json_out else ""))
+
+
+@app.command("convergence")
+def convergence_cmd(
+    scene: str = SceneArg,
+    max_spp: int = typer.Option(64, help="Largest spp; the path tracer runs at 1, 2, 4, ... max_spp."),
+    reference: Optional[Path] = typer.Option(None, help="Linear EXR to measure against (default: 16x max_spp of our own)."),
+    out_path: Path = typer.Option(Path("convergence.png"), "--out", help="The log-log plot."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
+    max_depth: int = typer.Option(8, help="Path tracer path segments."),
+    ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis."),
+    seed: int = typer.Option(0, help="Seed of the first run (each spp uses its own seed)."),
+    backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
+    width: Optional[int] = typer.Option(None, help="Override the image width."),
+    height: Optional[int] = typer.Option(None, help="Override the image height."),
+):
+    """Plot path-tracer RMSE against spp (log-log, ideal slope) with the rasterizer's error as a line."""
+    import numpy as np
+
+    from render import pathtrace, rasterize
+    from render.metrics import convergence_plot
+
+    if max_spp < 1:
+        raise typer.BadParameter(f"{max_spp}; expected at least 1", param_hint="--max-spp")
+    s = _load(scene, seed)
+    cam = _camera_for(s, width, height)
+    ref = _reference(reference, cam)
+    ref_note = str(reference)
+    if ref is None:
+        ref_spp = 16 * max_spp
+        out.print(f"rendering our own reference at {ref_spp} spp (pass --reference to skip)")
+        ref = pathtrace(s, cam, spp=ref_spp, max_depth=max_depth, seed=seed + 1_000_000, backend=backend.value,
+                        progress=True).rgb
+        ref_note = f"path tracer, {ref_spp} spp"
+    rmse = lambda img: float(np.sqrt(np.mean((img.astype(np.float64) - ref) ** 2)))  # noqa: E731
+    spps = [1 << k for k in range(int(np.log2(max_spp)) + 1)]
+    errors = []
+    for k, n in enumerate(spps):
+        errors.append(rmse(pathtrace(s, cam, spp=n, max_depth=max_depth, seed=seed + k, backend=backend.value).rgb))
+        out.print(f"{n:6d} spp  RMSE {errors[-1]:.5f}")
+    raster_error = rmse(rasterize(s, cam, ssaa=ssaa).rgb)
+    out.print(f"raster   RMSE {raster_error:.5f}")
+    convergence_plot(spps, errors, raster_error, out_path, title=f"{scene}, {cam.width}x{cam.height}, reference: {ref_note}")
+    if json_out:
+        _write_json(json_out, {"scene": scene, "reference": ref_note, "spp": spps, "rmse": errors,
+                               "raster_rmse": raster_error, "raster_ssaa": ssaa, "max_depth": max_depth})
+    out.print(f"wrote {out_path}")
+
+
 # --- dataset --------------------------------------------------------------------------------------
 dataset_app = typer.Typer(no_args_is_help=True, help="Generate, verify, merge and show datasets for the neural renderer.")
 app.add_typer(dataset_app, name="dataset", help="Datasets for the neural renderer (generate, verify, merge, show).")
