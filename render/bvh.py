@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 MAX_LEAF = 4  # triangles per leaf at most (unless they cannot be separated)
 SAH_BINS = 16  # centroid bins per axis
 TRAVERSAL_COST = 1.0  # SAH cost of visiting a node, in units of one triangle test
 STACK_SIZE = 64  # traversal stack entries; the build never makes a deeper tree than this (see _build)
+PYTHON_BUILD_MAX = 256  # build smaller scenes in plain Python: importing numba costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,6 @@ class BVH:
         return int(self.node_lo.shape[0])
 
 
-@numba.njit(cache=True)
 def _surface_area(lo, hi) -> float:
     d0, d1, d2 = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
     if d0 < 0.0:
@@ -52,7 +51,6 @@ def _surface_area(lo, hi) -> float:
     return 2.0 * (d0 * d1 + d1 * d2 + d2 * d0)
 
 
-@numba.njit(cache=True)
 def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth):
     """Binned SAH build. tri_lo, tri_hi, centroid: (T, 3) float64. Returns the flattened arrays."""
     n_tri = tri_lo.shape[0]
@@ -182,6 +180,22 @@ def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth):
     return node_lo[:n_nodes], node_hi[:n_nodes], node_a[:n_nodes], node_b[:n_nodes], node_axis[:n_nodes], idx, tree_depth
 
 
+_jitted: dict = {}
+
+
+def _jit(name: str):
+    """The numba-compiled version of one of this module's functions (numba imported on first use;
+    compiled code cached on disk)."""
+    if name not in _jitted:
+        import numba
+
+        g = globals()
+        if "_surface_area" not in _jitted:  # the helper must be jitted before its callers resolve it
+            _jitted["_surface_area"] = g["_surface_area"] = numba.njit(cache=True)(_surface_area)
+        _jitted[name] = numba.njit(cache=True)(g[name])
+    return _jitted[name]
+
+
 def build_bvh(positions: np.ndarray) -> BVH:
     """Build the BVH of a triangle soup.
 
@@ -194,7 +208,8 @@ def build_bvh(positions: np.ndarray) -> BVH:
         raise ValueError(f"positions has shape {p.shape}; expected (T, 3, 3) with T >= 1")
     tri_lo, tri_hi = p.min(axis=1), p.max(axis=1)
     centroid = 0.5 * (tri_lo + tri_hi)
-    lo, hi, a, b, axis, idx, depth = _build(tri_lo, tri_hi, centroid, MAX_LEAF, SAH_BINS, STACK_SIZE - 1)
+    build = _build if len(p) <= PYTHON_BUILD_MAX else _jit("_build")
+    lo, hi, a, b, axis, idx, depth = build(tri_lo, tri_hi, centroid, MAX_LEAF, SAH_BINS, STACK_SIZE - 1)
     # outward rounding: float32 boxes that still contain the float64 ones
     lo32 = np.nextafter(lo.astype(np.float32), np.float32(-np.inf))
     hi32 = np.nextafter(hi.astype(np.float32), np.float32(np.inf))
@@ -241,7 +256,6 @@ def intersect_brute_force(positions: np.ndarray, origins: np.ndarray, directions
 
 
 # --- the same traversal as the Taichi kernel, in numba (for tests and tools) --------------------
-@numba.njit(cache=True)
 def _traverse(node_lo, node_hi, node_a, node_b, node_axis, tri_index, v0, e1, e2, origins, directions, t_max):
     n = origins.shape[0]
     t_out = np.full(n, np.inf)
@@ -316,6 +330,6 @@ def intersect_bvh(bvh: BVH, positions: np.ndarray, origins: np.ndarray, directio
     """
     p = np.asarray(positions, np.float64)
     v0, e1, e2 = p[:, 0].copy(), p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
-    return _traverse(bvh.node_lo.astype(np.float64), bvh.node_hi.astype(np.float64), bvh.node_a, bvh.node_b,
+    return _jit("_traverse")(bvh.node_lo.astype(np.float64), bvh.node_hi.astype(np.float64), bvh.node_a, bvh.node_b,
                      bvh.node_axis, bvh.tri_index, v0, e1, e2, np.asarray(origins, np.float64),
                      np.asarray(directions, np.float64), float(t_max))

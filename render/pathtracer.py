@@ -292,19 +292,14 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     max_d = int(max_depth)
     mode = STRATEGIES[strategy]
 
-    # Compile (or load from the offline cache) with empty launches, so the timings separate the two.
+    aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
+    # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
-    k.render_pass(accum, W, H, 0, 0, seed32, max_d, mode, *scene_args, params)
-    k.render_aovs(depth_arr[:0], normal_arr[:0], albedo_arr[:0], obj_arr[:0], 0, 0, dev["tri_v"], dev["tri_n"],
-                  dev["tri_uv"], dev["tri_i"], dev["node_lo"], dev["node_hi"], dev["node_i"], dev["mat_i"],
-                  dev["mat_f"], dev["tex"], dev["tex_info"], params)
+    k.render_pass(accum, *aovs, 0, 0, 0, 0, seed32, max_d, mode, *scene_args, params)
     ti.sync()
     compile_seconds = time.perf_counter() - t_c
 
     t_r = time.perf_counter()
-    k.render_aovs(depth_arr, normal_arr, albedo_arr, obj_arr, W, H, dev["tri_v"], dev["tri_n"], dev["tri_uv"],
-                  dev["tri_i"], dev["node_lo"], dev["node_hi"], dev["node_i"], dev["mat_i"], dev["mat_f"], dev["tex"],
-                  dev["tex_info"], params)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -319,7 +314,7 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
             if elapsed + last[1] * n / last[0] > time_budget:
                 break
         tp = time.perf_counter()
-        k.render_pass(accum, W, H, done, n, seed32, max_d, mode, *scene_args, params)
+        k.render_pass(accum, *aovs, W, H, done, n, seed32, max_d, mode, *scene_args, params)
         ti.sync()
         dt = time.perf_counter() - tp
         last = (n, dt)

@@ -108,65 +108,99 @@ def max3(v):
 
 # --- BVH traversal --------------------------------------------------------------------------------
 @ti.func
+def box_entry(lo, hi, o_inv, inv, t_max):
+    """Slab test: the distance where the ray enters the box, or +inf when it misses within t_max."""
+    ta = lo * inv - o_inv
+    tb = hi * inv - o_inv
+    t0 = ti.max(ti.min(ta, tb).max(), 0.0)
+    t1 = ti.min(ti.max(ta, tb).min(), t_max)
+    return t0 if t0 <= t1 else ti.math.inf
+
+
+@ti.func
 def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
               node_i: ti.template(), tri_v: ti.template()):
     """Closest hit (or, with any_hit, any hit) in (0, t_max). Returns (t, triangle, b1, b2); triangle
-    -1 when nothing is hit. Both faces are hit: culling belongs to the materials, not the geometry."""
-    inv = 1.0 / d  # +-inf for zero components: the slab test below stays correct (IEEE)
+    -1 when nothing is hit. Both faces are hit: culling belongs to the materials, not the geometry.
+
+    At an inner node both children's boxes are tested: the nearer one is entered and the other is
+    pushed with its entry distance, so a pushed node that now lies beyond the closest hit is skipped
+    when popped (front-to-back order shrinks t_max early)."""
+    inv = 1.0 / d  # +-inf for zero components: the slab test stays correct (IEEE)
+    o_inv = o * inv
     best_t = t_max
     best = -1
     bu = 0.0
     bv = 0.0
     stack = ti.Vector([0] * STACK, ti.i32)
+    stack_t = ti.Vector([0.0] * STACK, ti.f32)
     sp = 0
     node = 0
-    done = False
+    done = box_entry(node_lo[0], node_hi[0], o_inv, inv, best_t) == ti.math.inf
     while not done:
-        ta = (node_lo[node] - o) * inv
-        tb = (node_hi[node] - o) * inv
-        t0 = ti.max(ti.min(ta, tb).max(), 0.0)
-        t1 = ti.min(ti.max(ta, tb).min(), best_t)
-        go_on = False
-        if t0 <= t1:
-            info = node_i[node]
-            if info[1] > 0:
-                for k in range(info[0], info[0] + info[1]):
-                    v0 = tri_v[3 * k]
-                    e1 = tri_v[3 * k + 1]
-                    e2 = tri_v[3 * k + 2]
-                    pv = d.cross(e2)
-                    det = e1.dot(pv)
-                    if det != 0.0:
-                        idet = 1.0 / det
-                        s = o - v0
-                        u = s.dot(pv) * idet
-                        if u >= 0.0 and u <= 1.0:
-                            q = s.cross(e1)
-                            v = d.dot(q) * idet
-                            if v >= 0.0 and u + v <= 1.0:
-                                t = e2.dot(q) * idet
-                                if t > 0.0 and t < best_t:
-                                    best_t = t
-                                    best = k
-                                    bu = u
-                                    bv = v
-                if any_hit and best >= 0:
-                    done = True
-            else:
-                near = node + 1
-                far = info[0]
-                if d[info[2]] < 0.0:
-                    near, far = far, near
-                stack[sp] = far
-                sp += 1
-                node = near
-                go_on = True
-        if not go_on and not done:
-            if sp == 0:
+        info = node_i[node]
+        if info[1] > 0:
+            for k in range(info[0], info[0] + info[1]):
+                v0 = tri_v[3 * k]
+                e1 = tri_v[3 * k + 1]
+                e2 = tri_v[3 * k + 2]
+                # Möller–Trumbore with the barycentrics scaled by |det|: the division is paid
+                # only for an accepted hit, not for each of the many rejected triangles
+                pv = d.cross(e2)
+                det = e1.dot(pv)
+                if det != 0.0:
+                    sgn = 1.0 if det > 0.0 else -1.0
+                    adet = det * sgn
+                    s = o - v0
+                    u = s.dot(pv) * sgn
+                    if u >= 0.0 and u <= adet:
+                        q = s.cross(e1)
+                        v = d.dot(q) * sgn
+                        if v >= 0.0 and u + v <= adet:
+                            t = e2.dot(q) * sgn
+                            if t > 0.0 and t < best_t * adet:
+                                idet = 1.0 / adet
+                                best_t = t * idet
+                                best = k
+                                bu = u * idet
+                                bv = v * idet
+            if any_hit and best >= 0:
                 done = True
-            else:
+            # pop the next node that still lies in front of the closest hit
+            node = -1
+            while sp > 0 and node < 0:
                 sp -= 1
-                node = stack[sp]
+                if stack_t[sp] < best_t:
+                    node = stack[sp]
+            if node < 0:
+                done = True
+        else:
+            left = node + 1
+            right = info[0]
+            tl = box_entry(node_lo[left], node_hi[left], o_inv, inv, best_t)
+            tr = box_entry(node_lo[right], node_hi[right], o_inv, inv, best_t)
+            if tl < ti.math.inf and tr < ti.math.inf:
+                if tl <= tr:
+                    node = left
+                    stack[sp] = right
+                    stack_t[sp] = tr
+                else:
+                    node = right
+                    stack[sp] = left
+                    stack_t[sp] = tl
+                sp += 1
+            elif tl < ti.math.inf:
+                node = left
+            elif tr < ti.math.inf:
+                node = right
+            else:
+                node = -1
+                while sp > 0 and node < 0:
+                    sp -= 1
+                    if stack_t[sp] < best_t:
+                        node = stack[sp]
+                if node < 0:
+                    done = True
     return best_t, best, bu, bv
 
 
@@ -375,8 +409,8 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
 
 
 @ti.func
-def radiance(o, d, state: ti.template(), max_depth, mode,
-             tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
+def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
+             normal_aov: ti.template(), albedo_aov: ti.template(), obj_aov: ti.template(), tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
              emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(), mat_f: ti.template(),
              tex: ti.template(), tex_info: ti.template(), light_i: ti.template(), light_f: ti.template(),
@@ -406,7 +440,12 @@ def radiance(o, d, state: ti.template(), max_depth, mode,
     while True:
         t, k, b1, b2 = intersect(o, d, 3.0e38, False, node_lo, node_hi, node_i, tri_v)
         if k < 0:
-            if has_env != 0:
+            if aov:
+                depth_aov[pix] = ti.math.inf
+                normal_aov[pix] = vec3(0.0)
+                albedo_aov[pix] = vec3(0.0)
+                obj_aov[pix] = -1
+            elif has_env != 0:
                 Le = environment(d, env_rad, env_tex, tex, tex_info)
                 w = 1.0
                 if prev_delta == 0:
@@ -420,6 +459,13 @@ def radiance(o, d, state: ti.template(), max_depth, mode,
         m = tri_i[k][0]
         mtype = mat_i[m][0]
         front = d.dot(ng) < 0.0
+        base = base_color(m, uv, mat_i, mat_f, tex, tex_info)
+        if aov:
+            depth_aov[pix] = t * d.dot(vec3(params[9], params[10], params[11]))
+            normal_aov[pix] = ns
+            albedo_aov[pix] = base
+            obj_aov[pix] = tri_i[k][1]
+            break
         if mtype == EMITTER and front:
             Le = vec3(mat_f[m, 3], mat_f[m, 4], mat_f[m, 5])
             w = 1.0
@@ -437,7 +483,6 @@ def radiance(o, d, state: ti.template(), max_depth, mode,
         if not front:
             ng = -ng
             ns = -ns
-        base = base_color(m, uv, mat_i, mat_f, tex, tex_info)
         alpha = mat_f[m, 12]
         ior = mat_f[m, 13]
         ts, bs = onb(ns)
@@ -548,51 +593,34 @@ def camera_ray(params: ti.template(), px, py, width, height):
 
 
 @ti.kernel
-def render_pass(accum: NDV3, width: ti.i32, height: ti.i32, sample0: ti.i32, spp: ti.i32, seed: ti.u32,
-                max_depth: ti.i32, mode: ti.i32,
+def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32, height: ti.i32,
+                sample0: ti.i32, spp: ti.i32, seed: ti.u32, max_depth: ti.i32, mode: ti.i32,
                 tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
                 node_lo: NDV3, node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF,
                 mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
                 params: NDF):
     """Add ``spp`` samples (indices sample0 ..) of every pixel to accum (H*W,) vec3 (sum of radiance).
-    Box pixel filter: each sample is uniform over its pixel."""
+    Box pixel filter: each sample is uniform over its pixel. The pass that starts at sample 0 also
+    writes the first-hit AOVs (depth, normal, albedo, obj; (H*W,) each) through the pixel centres.
+    One kernel does both so that a warm start loads a single kernel from the offline cache."""
     for pix in range(width * height):
         row = pix // width
         col = pix % width
         acc = vec3(0.0)
-        for s in range(spp):
+        # s = -1 (first pass only) is the AOV ray through the pixel centre; it shares radiance()'s
+        # single inlined copy of the traversal instead of compiling another one
+        for s in range(-1 if sample0 == 0 else 0, spp):
             state = rng_seed(seed, ti.u32(pix), ti.u32(sample0 + s))
-            jx = rand(state)
-            jy = rand(state)
+            jx = 0.5
+            jy = 0.5
+            if s >= 0:
+                jx = rand(state)
+                jy = rand(state)
             o, d = camera_ray(params, col + jx, row + jy, width, height)
-            acc += radiance(o, d, state, max_depth, mode, tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi,
-                            node_i, emit_tri, emit_cdf, mat_i, mat_f, tex, tex_info, light_i, light_f, params)
+            acc += radiance(o, d, state, max_depth, mode, pix, s < 0, depth, normal, albedo, obj,
+                            tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, emit_tri, emit_cdf,
+                            mat_i, mat_f, tex, tex_info, light_i, light_f, params)
         accum[pix] += acc
-
-
-@ti.kernel
-def render_aovs(depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32, height: ti.i32,
-                tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, node_lo: NDV3, node_hi: NDV3, node_i: NDI3,
-                mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, params: NDF):
-    """First-hit AOVs through each pixel centre: depth along the camera's forward axis (inf when
-    nothing is hit), unflipped shading normal, base colour, object id (-1)."""
-    fwd = vec3(params[9], params[10], params[11])
-    for pix in range(width * height):
-        row = pix // width
-        col = pix % width
-        o, d = camera_ray(params, col + 0.5, row + 0.5, width, height)
-        t, k, b1, b2 = intersect(o, d, 3.0e38, False, node_lo, node_hi, node_i, tri_v)
-        if k >= 0:
-            p, ng, ns, uv = surface(o, d, t, k, b1, b2, tri_v, tri_n, tri_uv)
-            depth[pix] = t * d.dot(fwd)
-            normal[pix] = ns
-            albedo[pix] = base_color(tri_i[k][0], uv, mat_i, mat_f, tex, tex_info)
-            obj[pix] = tri_i[k][1]
-        else:
-            depth[pix] = ti.math.inf
-            normal[pix] = vec3(0.0)
-            albedo[pix] = vec3(0.0)
-            obj[pix] = -1
 
 
 @ti.kernel
