@@ -67,14 +67,14 @@ class SceneViews:
         s = self.image_size
         imgs = np.empty((b, n, s, s, 3), np.uint8)
         vps = np.empty((b, n, 7), np.float32)
-        for row, (scene, vs) in enumerate(zip(scenes, views)):
-            shard = shards[int(scene) // self.shard_size]
-            local = int(scene) - shard.first_scene
-            order = np.sort(vs)  # memory maps read fastest in order; undo the sort below
-            inv = np.argsort(np.argsort(vs))
+        which = np.asarray(scenes) // self.shard_size
+        for j in np.unique(which):  # one fancy-indexed read per shard in the batch
+            rows = np.nonzero(which == j)[0]
+            shard = shards[int(j)]
+            local = (np.asarray(scenes)[rows] - shard.first_scene)[:, None]  # (R, 1)
             src = shard.images if self.images_key == "images" else shard.images_path
-            imgs[row] = src[local, order][inv]
-            vps[row] = shard.viewpoints[local, order][inv]
+            imgs[rows] = src[local, views[rows]]  # (R, N, H, W, 3)
+            vps[rows] = shard.viewpoints[local, views[rows]]  # (R, N, 7)
         return imgs, vps
 
 

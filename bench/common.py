@@ -1,0 +1,68 @@
+"""What every bench script records beside its figures: the machine, the versions, the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(*modules: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("numpy", "numba", "taichi", "torch", *modules):
+        try:
+            m = __import__(name)
+        except Exception:
+            out[name] = None
+            continue
+        v = getattr(m, "__version__", None)
+        out[name] = ".".join(map(str, v)) if isinstance(v, (list, tuple)) else (str(v) if v is not None else None)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return info
+
+
+def save(name: str, settings: dict[str, Any], results: Any, path: str | Path | None = None,
+         modules: tuple[str, ...] = ()) -> Path:
+    """Write ``{machine, versions, settings, results, date}`` as JSON (atomically) and return the path."""
+    from render.image_io import write_text_atomic
+
+    path = Path(path) if path else RESULTS / f"{name}.json"
+    doc = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+           "versions": versions(*modules), "settings": settings, "results": results}
+    write_text_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
+    return path
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
+    line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, widths)) + " |"  # noqa: E731
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])

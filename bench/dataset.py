@@ -1,0 +1,85 @@
+"""Dataset generation and loading throughput (issue 6).
+
+    python bench/dataset.py [--scenes 2000] [--path-scenes 20] [--out bench/results/dataset.json]
+
+Measures, on `rooms_ring` at 64x64 with 10 views per scene: end-to-end views per second of
+`render.dataset.generate` (rendering, sRGB encoding, checksumming, writing shards) with the
+rasterizer and with the path tracer (64 spp), after a warm-up run so compile time is excluded
+(reported separately), and samples per second of `neural.data.make_loader` at batch 36 with
+0 and 2 worker processes. Prints a table and saves JSON with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import save, table  # noqa: E402
+
+
+def gen_rate(renderer: str, scenes: int, size: int, views: int, spp: int, root: Path) -> dict:
+    from render.dataset import DatasetConfig, generate
+
+    t0 = time.perf_counter()  # warm-up: compile (or load cached kernels) on a tiny dataset
+    generate(DatasetConfig("rooms_ring", scenes=2, views=2, size=size, renderer=renderer, spp=spp, shard_size=2, seed=99),
+             root / f"warm-{renderer}", progress=False)
+    warm = time.perf_counter() - t0
+    cfg = DatasetConfig("rooms_ring", scenes=scenes, views=views, size=size, renderer=renderer, spp=spp,
+                        shard_size=min(100, scenes))
+    t0 = time.perf_counter()
+    generate(cfg, root / renderer, progress=False)
+    dt = time.perf_counter() - t0
+    return {"what": f"generate {renderer}" + (f" {spp} spp" if renderer == "path" else ""), "scenes": scenes,
+            "views": scenes * views, "seconds": round(dt, 2), "rate": round(scenes * views / dt, 1), "unit": "views/s",
+            "warmup_seconds": round(warm, 2)}
+
+
+def loader_rate(root: Path, workers: int, samples: int = 20000) -> dict:
+    """Samples per second over whole epochs, each epoch's first batch (worker start-up) excluded."""
+    from neural.data import make_loader
+
+    n, dt, epoch = 0, 0.0, 0
+    while n < samples:
+        it = iter(make_loader(root, batch_size=36, max_context=5, seed=0, num_workers=workers, epoch=epoch))
+        next(it)
+        t0 = time.perf_counter()
+        for b in it:
+            n += b["query_image"].shape[0]
+        dt += time.perf_counter() - t0
+        epoch += 1
+    return {"what": f"loader, {workers} workers, batch 36", "scenes": "", "views": n, "seconds": round(dt, 2),
+            "rate": round(n / dt, 1), "unit": "samples/s", "warmup_seconds": ""}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenes", type=int, default=2000, help="scenes for the raster run")
+    ap.add_argument("--path-scenes", type=int, default=20, help="scenes for the path tracer run")
+    ap.add_argument("--views", type=int, default=10)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--spp", type=int, default=64)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="trirender-bench-"))
+    try:
+        rows = [gen_rate("raster", args.scenes, args.size, args.views, args.spp, root)]
+        if args.path_scenes:
+            rows.append(gen_rate("path", args.path_scenes, args.size, args.views, args.spp, root))
+        rows += [loader_rate(root / "raster", w) for w in (0, 2)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(table(rows, ["what", "scenes", "views", "seconds", "rate", "unit", "warmup_seconds"]))
+    targets = {"generate raster": 2000, "generate path 64 spp": 20, "loader": 20000}
+    path = save("dataset", vars(args), {"rows": rows, "targets": targets}, args.out)
+    print(f"saved {path}")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
