@@ -75,6 +75,10 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
 
     if current is not None:
         ti.reset()
+        _state.update(backend=None, device=None, kernels=None)
+        for packed in list(_packed_cache.values()):  # device copies belong to the old runtime
+            for key in [k for k in packed if isinstance(k, tuple)]:
+                del packed[key]
     kwargs = dict(offline_cache=True, default_fp=ti.f32, default_ip=ti.i32, log_level=ti.WARN)
     used = None
     if backend in ("gpu", "auto"):

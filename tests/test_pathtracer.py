@@ -30,9 +30,9 @@ def cam(position, look_at, fov=40.0, size=32, up=(0.0, 1.0, 0.0)):
             "height": size}
 
 
-def trace(scene, **kw):
+def trace(scene, camera=None, **kw):
     kw.setdefault("backend", "cpu")
-    return render.pathtrace(scene, **kw)
+    return render.pathtrace(scene, camera, **kw)
 
 
 def flipped(scene):
@@ -413,6 +413,37 @@ def test_checker_and_texture_albedo(tmp_path):
     np.testing.assert_allclose(px[7], [0.1] * 3, atol=1e-6)
     np.testing.assert_allclose(px[4], [0.1] * 3, atol=1e-6)
     np.testing.assert_allclose(px[5], [0.9] * 3, atol=1e-6)
+
+
+def test_environment_map_orientation():
+    # Environment.image: column u = 0.5 + atan2(d_x, -d_z) / (2 pi), row v = acos(d_y) / pi; the map's
+    # centre is seen looking along -z, its right-hand quarter (u = 0.75) looking along +x
+    img = np.zeros((4, 8, 3), np.float32)
+    img[:, 3:5] = (1.0, 0.0, 0.0)  # around u = 0.5
+    img[:, 5:7] = (0.0, 1.0, 0.0)  # around u = 0.75
+    img[:, 0] = img[:, 7] = (0.0, 0.0, 1.0)  # around u = 0 (looking along +z)
+    base = render.scene_from_dict({
+        "camera": cam((0, 0, 0), (0, 0, -1), fov=1.0, size=4),
+        "materials": {"m": {"type": "diffuse"}},
+        "objects": [{"shape": "quad", "size": [0.01, 0.01], "translate": [0.0, -50.0, 0.0], "material": "m"}],
+    })
+    scene = dataclasses.replace(base, environment=render.Environment(radiance=(2.0, 2.0, 2.0), image=img))
+    for look, colour in (((0, 0, -1), (2, 0, 0)), ((1, 0, 0), (0, 2, 0)), ((0, 0, 1), (0, 0, 2))):
+        c = render.Camera((0, 0, 0), look, (0, 1, 0), 1.0, 4, 4)
+        f = trace(scene, c, spp=4, max_depth=1)
+        np.testing.assert_allclose(f.rgb.reshape(-1, 3).mean(0), colour, atol=1e-3)
+
+
+def test_gpu_backend_refused_without_cuda():
+    from render.pathtracer import _gpu_name  # noqa: F401  (module loads without a GPU)
+
+    if subprocess.run(["sh", "-c", "command -v nvidia-smi"], capture_output=True).returncode == 0:
+        pytest.skip("a CUDA GPU may be present")
+    scene = render.cornell_box(width=8, height=8)
+    with pytest.raises(RenderError, match="CUDA"):
+        render.pathtrace(scene, spp=1, backend="gpu")
+    f = trace(scene, spp=1)  # and the CPU backend comes back
+    assert f.meta["backend"] == "cpu" and np.isfinite(f.rgb).all()
 
 
 def test_kernel_traversal_matches_brute_force():
