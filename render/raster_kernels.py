@@ -26,6 +26,7 @@ from numba import njit, prange
 SUBPIXEL = 256  # fixed-point steps per pixel (8 bits)
 HALF_SUB = 128  # a pixel centre's offset in fixed point
 MAX_POLY = 16   # a triangle clipped by 6 planes has at most 9 corners
+CHUNK = 32      # triangles per bounding box for frustum culling
 # Raster modes.
 MODE_VISIBILITY, MODE_DEPTH, MODE_COUNT = 0, 1, 2
 # Light kinds in the packed light table.
@@ -36,13 +37,13 @@ GLASS_ALPHA = 0.05  # GGX alpha of the highlight drawn on glass (a tinted reflec
 INV_PI = 1.0 / math.pi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _guard(width, height):
     """Guard-band half extent in NDC units: |x/w|, |y/w| <= G keeps raster coords < 2**20 px."""
     return float(2 ** 20) / max(width, height)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _top_left_bias(ax, ay, bx, by):
     """0 for a top or left edge a->b of a positive-area triangle (raster y down), else -1.
 
@@ -58,21 +59,34 @@ def _top_left_bias(ax, ay, bx, by):
     return -1
 
 
-@njit(cache=True)
-def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize one clipped triangle. va, vb, vc: (8,) float64 rows [x, y, z, w, d, b0, b1, b2]
-    (clip position, view depth, barycentrics in the original triangle). Writes the buffers."""
-    iwa = 1.0 / va[3]
-    iwb = 1.0 / vb[3]
-    iwc = 1.0 / vc[3]
+@njit(cache=True, error_model="numpy")
+def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize one clipped triangle: rows ia, ib, ic of poly (N, 8) float64 hold
+    [x, y, z, w, d, b0, b1, b2] (clip position, view depth, barycentrics in the original triangle).
+    Rows are passed by index, not as views, to keep array-view bookkeeping out of the hot loop."""
+    iwa = 1.0 / poly[ia, 3]
+    iwb = 1.0 / poly[ib, 3]
+    iwc = 1.0 / poly[ic, 3]
     sub_w = width * SUBPIXEL * 0.5
     sub_h = height * SUBPIXEL * 0.5
-    x0 = np.int64(math.floor((va[0] * iwa + 1.0) * sub_w + 0.5))
-    y0 = np.int64(math.floor((1.0 - va[1] * iwa) * sub_h + 0.5))
-    x1 = np.int64(math.floor((vb[0] * iwb + 1.0) * sub_w + 0.5))
-    y1 = np.int64(math.floor((1.0 - vb[1] * iwb) * sub_h + 0.5))
-    x2 = np.int64(math.floor((vc[0] * iwc + 1.0) * sub_w + 0.5))
-    y2 = np.int64(math.floor((1.0 - vc[1] * iwc) * sub_h + 0.5))
+    x0 = np.int64(math.floor((poly[ia, 0] * iwa + 1.0) * sub_w + 0.5))
+    y0 = np.int64(math.floor((1.0 - poly[ia, 1] * iwa) * sub_h + 0.5))
+    x1 = np.int64(math.floor((poly[ib, 0] * iwb + 1.0) * sub_w + 0.5))
+    y1 = np.int64(math.floor((1.0 - poly[ib, 1] * iwb) * sub_h + 0.5))
+    x2 = np.int64(math.floor((poly[ic, 0] * iwc + 1.0) * sub_w + 0.5))
+    y2 = np.int64(math.floor((1.0 - poly[ic, 1] * iwc) * sub_h + 0.5))
+    min_x = min(x0, min(x1, x2))
+    max_x = max(x0, max(x1, x2))
+    min_y = min(y0, min(y1, y2))
+    max_y = max(y0, max(y1, y2))
+    # Pixels whose centres j*256+128 lie in [min_x, max_x] (ceil / floor with Python's // rounding).
+    # Tested first: most small triangles cover no pixel centre at all.
+    j0 = max(0, -((HALF_SUB - min_x) // SUBPIXEL))
+    j1 = min(width - 1, (max_x - HALF_SUB) // SUBPIXEL)
+    i0 = max(0, -((HALF_SUB - min_y) // SUBPIXEL))
+    i1 = min(height - 1, (max_y - HALF_SUB) // SUBPIXEL)
+    if j0 > j1 or i0 > i1:
+        return  # viewport culling: the bounding box misses every pixel centre
     area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
     if area == 0:
         return
@@ -80,25 +94,14 @@ def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count
     if area > 0:
         if cull:
             return
-        q0, q1, q2 = va, vb, vc
+        q0, q1, q2 = ia, ib, ic
         w0, w1, w2 = iwa, iwb, iwc
     else:
         # Reorder to positive area so that "inside" means all edge functions >= 0.
         area = -area
         x1, y1, x2, y2 = x2, y2, x1, y1
-        q0, q1, q2 = va, vc, vb
+        q0, q1, q2 = ia, ic, ib
         w0, w1, w2 = iwa, iwc, iwb
-    min_x = min(x0, min(x1, x2))
-    max_x = max(x0, max(x1, x2))
-    min_y = min(y0, min(y1, y2))
-    max_y = max(y0, max(y1, y2))
-    # Pixels whose centres j*256+128 lie in [min_x, max_x] (ceil / floor with Python's // rounding).
-    j0 = max(0, -((HALF_SUB - min_x) // SUBPIXEL))
-    j1 = min(width - 1, (max_x - HALF_SUB) // SUBPIXEL)
-    i0 = max(0, -((HALF_SUB - min_y) // SUBPIXEL))
-    i1 = min(height - 1, (max_y - HALF_SUB) // SUBPIXEL)
-    if j0 > j1 or i0 > i1:
-        return  # viewport culling: the bounding box misses every pixel centre
     # Edge k is opposite vertex k: e0 = v1->v2, e1 = v2->v0, e2 = v0->v1; E_ab(p) = (b-a) x (p-a).
     px = j0 * SUBPIXEL + HALF_SUB
     py = i0 * SUBPIXEL + HALF_SUB
@@ -115,9 +118,15 @@ def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count
     bias1 = _top_left_bias(x2, y2, x0, y0)
     bias2 = _top_left_bias(x0, y0, x1, y1)
     inv_area = 1.0 / area
-    d0 = q0[4]
-    d1 = q1[4]
-    d2 = q2[4]
+    d0 = poly[q0, 4]
+    d1 = poly[q1, 4]
+    d2 = poly[q2, 4]
+    b01 = poly[q0, 6]
+    b11 = poly[q1, 6]
+    b21 = poly[q2, 6]
+    b02 = poly[q0, 7]
+    b12 = poly[q1, 7]
+    b22 = poly[q2, 7]
     for i in range(i0, i1 + 1):
         e0 = r0
         e1 = r1
@@ -137,8 +146,8 @@ def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count
                     zbuf[i, j] = z
                     if mode == MODE_VISIBILITY:
                         tbuf[i, j] = t
-                        bbuf[i, j, 0] = (l0 * q0[6] + l1 * q1[6] + l2 * q2[6]) * s
-                        bbuf[i, j, 1] = (l0 * q0[7] + l1 * q1[7] + l2 * q2[7]) * s
+                        bbuf[i, j, 0] = (l0 * b01 + l1 * b11 + l2 * b21) * s
+                        bbuf[i, j, 1] = (l0 * b02 + l1 * b12 + l2 * b22) * s
             e0 += sx0
             e1 += sx1
             e2 += sx2
@@ -147,11 +156,77 @@ def _raster_triangle(va, vb, vc, t, cull, width, height, zbuf, tbuf, bbuf, count
         r2 += sy2
 
 
-@njit(cache=True)
-def raster_triangles(pos, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
+@njit(cache=True, error_model="numpy")
+def _setup_triangle(pos, t, tri_cull, m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33,
+                    d0, d1, d2, d3, g, planes, poly, tmp, dist, width, height, zbuf, tbuf, bbuf, count, mode):
+    """Transform, reject, clip if needed, and rasterize triangle t (see ``raster_triangles``)."""
+    out_all = 1023
+    out_any = 0
+    for k in range(3):
+        px = np.float64(pos[t, k, 0])
+        py = np.float64(pos[t, k, 1])
+        pz = np.float64(pos[t, k, 2])
+        x = m00 * px + m01 * py + m02 * pz + m03
+        y = m10 * px + m11 * py + m12 * pz + m13
+        z = m20 * px + m21 * py + m22 * pz + m23
+        w = m30 * px + m31 * py + m32 * pz + m33
+        # Outcode bits in the order of ``planes``.
+        # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
+        # sides, used only to reject (the guard band makes clipping against them unnecessary).
+        code = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
+                + (y + g * w < 0.0) * 16 + (g * w - y < 0.0) * 32
+                + (x > w) * 64 + (x < -w) * 128 + (y > w) * 256 + (y < -w) * 512)
+        out_all &= code
+        out_any |= code
+        poly[k, 0] = x
+        poly[k, 1] = y
+        poly[k, 2] = z
+        poly[k, 3] = w
+        poly[k, 4] = d0 * px + d1 * py + d2 * pz + d3
+        poly[k, 5] = 0.0
+        poly[k, 6] = 0.0
+        poly[k, 7] = 0.0
+        poly[k, 5 + k] = 1.0
+    if out_all != 0:
+        return  # every corner outside one plane
+    cull = tri_cull[t] != 0
+    crossed = out_any & 63
+    if crossed == 0:
+        _raster_triangle(poly, 0, 1, 2, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+        return
+    # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
+    # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
+    n = 3
+    for p in range(6):
+        if not (crossed >> p) & 1:
+            continue
+        for k in range(n):
+            dist[k] = (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
+                       + planes[p, 3] * poly[k, 3])
+        m = 0
+        for k in range(n):
+            kn = (k + 1) % n
+            if dist[k] >= 0.0:
+                tmp[m, :] = poly[k, :]
+                m += 1
+            if (dist[k] >= 0.0) != (dist[kn] >= 0.0):
+                a = dist[k] / (dist[k] - dist[kn])
+                tmp[m, :] = poly[k, :] + a * (poly[kn, :] - poly[k, :])
+                m += 1
+        n = m
+        poly[:n, :] = tmp[:n, :]
+        if n < 3:
+            break
+    for k in range(1, n - 1):
+        _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+
+
+@njit(cache=True, error_model="numpy")
+def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
     """Rasterize triangles ``t0..t1`` of ``pos`` into the buffers.
 
-    pos: (T, 3, 3) float32 world-space corners. tri_cull: (T,) int32, 1 = cull back faces.
+    pos: (T, 3, 3) float32 world-space corners. chunks: (C, 2, 3) float64 bounds (lo, hi) of
+    triangles [k*CHUNK, (k+1)*CHUNK), see ``chunk_bounds``. tri_cull: (T,) int32, 1 = cull back faces.
     M: (4, 4) float64 world -> clip; dvec: (4,) float64 world -> view depth.
     zbuf: (H, W) float32 view depth, initialised to inf; tbuf: (H, W) int32 triangle index;
     bbuf: (H, W, 2) float32 barycentrics (b1, b2) in the original triangle; count: (H, W) int32.
@@ -165,67 +240,36 @@ def raster_triangles(pos, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, 
     poly = np.empty((MAX_POLY, 8))
     tmp = np.empty((MAX_POLY, 8))
     dist = np.empty(MAX_POLY)
-    for t in range(t0, t1):
-        for k in range(3):
-            px = np.float64(pos[t, k, 0])
-            py = np.float64(pos[t, k, 1])
-            pz = np.float64(pos[t, k, 2])
-            for r in range(4):
-                poly[k, r] = M[r, 0] * px + M[r, 1] * py + M[r, 2] * pz + M[r, 3]
-            poly[k, 4] = dvec[0] * px + dvec[1] * py + dvec[2] * pz + dvec[3]
-            poly[k, 5] = 0.0
-            poly[k, 6] = 0.0
-            poly[k, 7] = 0.0
-            poly[k, 5 + k] = 1.0
-        # Outcodes: reject if all corners are outside one plane; clip only against planes crossed.
-        reject = False
-        crossed = 0
-        for p in range(6):
-            n_out = 0
-            for k in range(3):
-                if (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
-                        + planes[p, 3] * poly[k, 3]) < 0.0:
-                    n_out += 1
-            if n_out == 3:
-                reject = True
-                break
-            if n_out > 0:
-                crossed |= 1 << p
-        if reject:
+    # The matrix in locals: the compiler cannot prove that writes to poly leave M unchanged.
+    m00, m01, m02, m03 = M[0, 0], M[0, 1], M[0, 2], M[0, 3]
+    m10, m11, m12, m13 = M[1, 0], M[1, 1], M[1, 2], M[1, 3]
+    m20, m21, m22, m23 = M[2, 0], M[2, 1], M[2, 2], M[2, 3]
+    m30, m31, m32, m33 = M[3, 0], M[3, 1], M[3, 2], M[3, 3]
+    d0, d1, d2, d3 = dvec[0], dvec[1], dvec[2], dvec[3]
+    for ch in range(t0 // CHUNK, (t1 + CHUNK - 1) // CHUNK):
+        # Skip a chunk whose bounding box lies outside one plane of the view frustum.
+        box_all = 15 + 16
+        for cx in range(2):
+            for cy in range(2):
+                for cz in range(2):
+                    px = chunks[ch, cx, 0]
+                    py = chunks[ch, cy, 1]
+                    pz = chunks[ch, cz, 2]
+                    x = m00 * px + m01 * py + m02 * pz + m03
+                    y = m10 * px + m11 * py + m12 * pz + m13
+                    z = m20 * px + m21 * py + m22 * pz + m23
+                    w = m30 * px + m31 * py + m32 * pz + m33
+                    box_all &= (x > w) * 1 + (x < -w) * 2 + (y > w) * 4 + (y < -w) * 8 + (z + w < 0.0) * 16
+        if box_all != 0:
             continue
-        cull = tri_cull[t] != 0
-        if crossed == 0:
-            _raster_triangle(poly[0], poly[1], poly[2], t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
-            continue
-        # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
-        # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
-        n = 3
-        for p in range(6):
-            if not (crossed >> p) & 1:
-                continue
-            for k in range(n):
-                dist[k] = (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
-                           + planes[p, 3] * poly[k, 3])
-            m = 0
-            for k in range(n):
-                kn = (k + 1) % n
-                if dist[k] >= 0.0:
-                    tmp[m, :] = poly[k, :]
-                    m += 1
-                if (dist[k] >= 0.0) != (dist[kn] >= 0.0):
-                    a = dist[k] / (dist[k] - dist[kn])
-                    tmp[m, :] = poly[k, :] + a * (poly[kn, :] - poly[k, :])
-                    m += 1
-            n = m
-            poly[:n, :] = tmp[:n, :]
-            if n < 3:
-                break
-        for k in range(1, n - 1):
-            _raster_triangle(poly[0], poly[k], poly[k + 1], t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+        for t in range(max(t0, ch * CHUNK), min(t1, (ch + 1) * CHUNK)):
+            _setup_triangle(pos, t, tri_cull, m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30,
+                            m31, m32, m33, d0, d1, d2, d3, g, planes, poly, tmp, dist, width, height, zbuf, tbuf,
+                            bbuf, count, mode)
 
 
-@njit(cache=True, parallel=True)
-def render_shadow_maps(pos, job_tri, job_M, job_d, job_off, job_res, maps):
+@njit(cache=True, parallel=True, error_model="numpy")
+def render_shadow_maps(pos, chunks, job_tri, job_M, job_d, job_off, job_res, maps):
     """Depth-only renders for every shadow-map face, in parallel over faces.
 
     job_tri: (J, 2) int64 triangle range; job_M: (J, 4, 4); job_d: (J, 4); job_off: (J,) int64
@@ -238,12 +282,12 @@ def render_shadow_maps(pos, job_tri, job_M, job_d, job_off, job_res, maps):
     for j in prange(job_tri.shape[0]):
         r = job_res[j]
         face = maps[job_off[j]:job_off[j] + r * r].reshape((r, r))
-        raster_triangles(pos, job_tri[j, 0], job_tri[j, 1], no_cull, job_M[j], job_d[j], r, r, face,
+        raster_triangles(pos, chunks, job_tri[j, 0], job_tri[j, 1], no_cull, job_M[j], job_d[j], r, r, face,
                          dummy_t, dummy_b, dummy_t, MODE_DEPTH)
 
 
 # --- shading -----------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sample_texture(tex_data, tex_info, k, u, v, out):
     """Bilinear lookup with wrap-around in texture k; v = 0 is the bottom row. Writes out (3,)."""
     off = tex_info[k, 0]
@@ -264,7 +308,7 @@ def _sample_texture(tex_data, tex_info, k, u, v, out):
                   + (1 - ax) * ay * tex_data[off + y1 * w + x0, c] + ax * ay * tex_data[off + y1 * w + x1, c])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def ggx_brdf(nx, ny, nz, vx, vy, vz, lx, ly, lz, alpha, f0):
     """GGX microfacet BRDF with separable Smith masking and Schlick Fresnel (F0 = f0).
 
@@ -297,35 +341,35 @@ def ggx_brdf(nx, ny, nz, vx, vy, vz, lx, ly, lz, alpha, f0):
     return d * g1v * g1l * f / (4.0 * nv * nl)
 
 
-@njit(cache=True)
-def _shadow_visible(lf, li, maps, px, py, pz, gx, gy, gz, bias_texels):
-    """1.0 when point p (with unit geometric normal g facing the light) is lit by light row lf/li.
+@njit(cache=True, error_model="numpy")
+def _shadow_visible(lights_f, lights_i, k, maps, px, py, pz, gx, gy, gz, bias_texels):
+    """1.0 when point p (with unit geometric normal g facing the light) is lit by light k.
 
     The lookup point is pushed along g by one texel's world size (normal offset, which removes
     acne at grazing angles without the light leaks of a large constant bias), and a point counts
     as shadowed only if it is more than ``bias_texels`` texels behind the stored depth.
     """
-    kind = li[0]
-    off = li[1]
-    r = li[2]
+    kind = lights_i[k, 0]
+    off = lights_i[k, 1]
+    r = lights_i[k, 2]
     if kind == L_DIRECTIONAL:
-        h = lf[12]
+        h = lights_f[k, 12]
         texel = 2.0 * h / r
-        qx = px + gx * texel - lf[9]
-        qy = py + gy * texel - lf[10]
-        qz = pz + gz * texel - lf[11]
-        x = (lf[13] * qx + lf[14] * qy + lf[15] * qz) / h
-        y = (lf[16] * qx + lf[17] * qy + lf[18] * qz) / h
-        depth = lf[3] * qx + lf[4] * qy + lf[5] * qz + h
+        qx = px + gx * texel - lights_f[k, 9]
+        qy = py + gy * texel - lights_f[k, 10]
+        qz = pz + gz * texel - lights_f[k, 11]
+        x = (lights_f[k, 13] * qx + lights_f[k, 14] * qy + lights_f[k, 15] * qz) / h
+        y = (lights_f[k, 16] * qx + lights_f[k, 17] * qy + lights_f[k, 18] * qz) / h
+        depth = lights_f[k, 3] * qx + lights_f[k, 4] * qy + lights_f[k, 5] * qz + h
         col = int(math.floor((x + 1.0) * 0.5 * r))
         row = int(math.floor((1.0 - y) * 0.5 * r))
         if col < 0 or col >= r or row < 0 or row >= r:
             return 1.0
         stored = maps[off + row * r + col]
         return 1.0 if depth <= stored + bias_texels * texel else 0.0
-    dx = px - lf[0]
-    dy = py - lf[1]
-    dz = pz - lf[2]
+    dx = px - lights_f[k, 0]
+    dy = py - lights_f[k, 1]
+    dz = pz - lights_f[k, 2]
     dist = math.sqrt(dx * dx + dy * dy + dz * dz)
     texel = 2.0 * dist / r
     dx += gx * texel
@@ -362,7 +406,7 @@ def _shadow_visible(lf, li, maps, px, py, pz, gx, gy, gz, bias_texels):
     return 1.0 if w <= stored + bias_texels * 2.0 * w / r else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, env, env_tex, ambient, cam, lights_f, lights_i, l0, l1, maps,
                shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, zbuf):
@@ -522,7 +566,7 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                         if cs <= 0.0:
                             continue
                         if shadows and lights_i[k, 2] > 0:
-                            if _shadow_visible(lights_f[k], lights_i[k], maps, p[0], p[1], p[2], gx, gy, gz,
+                            if _shadow_visible(lights_f, lights_i, k, maps, p[0], p[1], p[2], gx, gy, gz,
                                                bias_texels) == 0.0:
                                 continue
                         e = scale * cs
@@ -544,9 +588,9 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                 out_albedo[i, j, c] = alb[c] * inv_ns
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk,
+                scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk,
                 mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
                 out_rgb, out_depth, out_normal, out_albedo, out_id):
     """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n])."""
@@ -559,7 +603,7 @@ def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
     bbuf = np.empty((hs, ws, 2), np.float32)
     dummy = np.zeros((1, 1), np.int32)
     sc = view_scene[n]
-    raster_triangles(pos, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
+    raster_triangles(pos, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
                      zbuf, tbuf, bbuf, dummy, MODE_VISIBILITY)
     shade_view(tbuf, bbuf, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, scene_env[sc], scene_envtex[sc], scene_amb[sc], view_cam[n], lights_f,
@@ -567,38 +611,75 @@ def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
                out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def render_views(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb,
-                 pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
+                 pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                  mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
                  out_rgb, out_depth, out_normal, out_albedo, out_id):
     """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles)."""
     for n in prange(view_scene.shape[0]):
         render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                    scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                     mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
                     ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                        scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                        scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                         mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
                         ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id):
     """The same as ``render_views`` on one thread (a single view gains nothing from the thread pool)."""
     for n in range(view_scene.shape[0]):
         render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                    scene_amb, pos, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                     mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
                     ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
 
 
-@njit(cache=True)
-def coverage_count(pos, tri_cull, M, dvec, width, height):
+@njit(cache=True, error_model="numpy")
+def coverage_count(pos, chunks, tri_cull, M, dvec, width, height):
     """(H, W) int32: how many fragments each pixel receives (no depth test). For watertightness tests."""
     count = np.zeros((height, width), np.int32)
     z = np.zeros((1, 1), np.float32)
     t = np.zeros((1, 1), np.int32)
     b = np.zeros((1, 1, 2), np.float32)
-    raster_triangles(pos, 0, pos.shape[0], tri_cull, M, dvec, width, height, z, t, b, count, MODE_COUNT)
+    raster_triangles(pos, chunks, 0, pos.shape[0], tri_cull, M, dvec, width, height, z, t, b, count, MODE_COUNT)
     return count
+
+
+@njit(cache=True, error_model="numpy")
+def bounds_and_depth(pos, dvec):
+    """One pass over (T, 3, 3) corners: lo (3,), hi (3,) float64 and the largest view depth
+    ``dvec . (p, 1)`` (used to detect a camera whose near plane is beyond everything)."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    far = -np.inf
+    for t in range(pos.shape[0]):
+        for k in range(3):
+            d = dvec[3]
+            for c in range(3):
+                x = np.float64(pos[t, k, c])
+                lo[c] = min(lo[c], x)
+                hi[c] = max(hi[c], x)
+                d += dvec[c] * x
+            far = max(far, d)
+    return lo, hi, far
+
+
+@njit(cache=True, error_model="numpy")
+def chunk_bounds(pos):
+    """(C, 2, 3) float64: lo and hi corners of each run of CHUNK consecutive triangles of pos."""
+    n = (pos.shape[0] + CHUNK - 1) // CHUNK
+    out = np.empty((max(n, 1), 2, 3))
+    for ch in range(n):
+        for c in range(3):
+            out[ch, 0, c] = np.inf
+            out[ch, 1, c] = -np.inf
+        for t in range(ch * CHUNK, min(pos.shape[0], (ch + 1) * CHUNK)):
+            for k in range(3):
+                for c in range(3):
+                    x = np.float64(pos[t, k, c])
+                    out[ch, 0, c] = min(out[ch, 0, c], x)
+                    out[ch, 1, c] = max(out[ch, 1, c], x)
+    return out

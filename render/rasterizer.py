@@ -23,10 +23,13 @@ Direct light only, with the scene's own materials:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 import warnings
+import weakref
+from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -47,8 +50,8 @@ from . import raster_kernels as K  # noqa: E402
 
 SSAA_CHOICES = (1, 2, 4)
 AREA_SAMPLES = 16          # point samples standing in for all emitter triangles of a scene
-CUBE_RESOLUTION = 512      # side of each cube-map face (point lights, area samples)
-DIRECTIONAL_RESOLUTION = 2048  # side of a directional light's orthographic map
+CUBE_RESOLUTION = 256      # side of each cube-map face (point lights, area samples)
+DIRECTIONAL_RESOLUTION = 1024  # side of a directional light's orthographic map
 SHADOW_BIAS_TEXELS = 1.5   # depth bias in texels; with the normal offset no acne on the Cornell box
 MAX_SUBSAMPLES = 2 ** 19   # W*ssaa and H*ssaa stay inside the fixed-point guard band
 BYTES_PER_SAMPLE = 4 + 4 + 8  # depth, triangle id, barycentrics
@@ -157,14 +160,14 @@ def area_light_samples(scene: Scene, count: int = AREA_SAMPLES) -> tuple[np.ndar
     return np.array(out_p), np.array(out_n), np.array(out_s)
 
 
-def _scene_lights(scene: Scene, shadows: bool, area_samples: int, cube_res: int, dir_res: int):
+def _scene_lights(scene: Scene, pos: np.ndarray, shadows: bool, area_samples: int, cube_res: int, dir_res: int):
     """Packed lights of one scene and the shadow-map faces they need.
 
     Returns lights_f (L, 20) float64 [position, direction, power, centre, half extent, right, up, -],
     lights_i (L, 3) int64 [kind, map offset (relative to this scene), map side or 0] and the faces as
     a list of (M, dvec, offset, side).
     """
-    lo, hi = scene.bounds()
+    lo, hi, _ = K.bounds_and_depth(pos, np.zeros(4))
     centre = 0.5 * (lo + hi)
     radius = max(0.5 * float(np.linalg.norm(hi - lo)), 1e-6)
     rows_f, rows_i, faces = [], [], []
@@ -232,98 +235,118 @@ def _scene_lights(scene: Scene, shadows: bool, area_samples: int, cube_res: int,
 
 # --- packing ------------------------------------------------------------------------------------
 class _Packed:
-    """Every distinct scene of a batch concatenated into the flat arrays the kernels take."""
+    """Scenes packed into the flat arrays the kernels take (one scene, or a batch's distinct scenes
+    concatenated by ``merge``). Shadow maps are rendered when a scene is packed with shadows."""
 
-    def __init__(self, scenes: Sequence[Scene], shadows: bool, area_samples: int, cube_res: int, dir_res: int):
-        tri, light_rng, env, envtex, amb = [], [], [], [], []
-        pos, nrm, uvs, mid, oid = [], [], [], [], []
-        mats = {k: [] for k in ("type", "base", "radiance", "roughness", "ior", "texture", "checker", "checker1",
-                                "checker2", "checker_scale", "two_sided")}
-        tex_data, tex_info = [], []
-        lf, li, jobs = [], [], []
-        t_off = m_off = tx_off = texel_off = map_off = l_off = 0
-        for scene in scenes:
-            T = scene.num_triangles
-            pos.append(scene.positions)
-            nrm.append(scene.normals)
-            uvs.append(scene.uvs)
-            oid.append(scene.object_id)
-            mid.append(scene.material_id.astype(np.int32) + m_off)
-            tri.append((t_off, t_off + T))
-            ma = scene.material_arrays()
-            ma["texture"] = np.where(ma["texture"] >= 0, ma["texture"] + tx_off, -1).astype(np.int32)
-            for k in mats:
-                mats[k].append(ma[k])
-            for img in scene.textures:
-                img = np.ascontiguousarray(np.asarray(img, np.float32)[..., :3])
-                tex_data.append(img.reshape(-1, 3))
-                tex_info.append((texel_off, img.shape[0], img.shape[1]))
-                texel_off += img.shape[0] * img.shape[1]
-            e = scene.environment
-            rad = np.asarray(e.radiance, np.float64)
-            if e.image is not None:
-                img = np.ascontiguousarray(np.asarray(e.image, np.float32)[..., :3])
-                tex_data.append(img.reshape(-1, 3))
-                tex_info.append((texel_off, img.shape[0], img.shape[1]))
-                texel_off += img.shape[0] * img.shape[1]
-                envtex.append(tx_off + len(scene.textures))
-                amb.append(rad * img.reshape(-1, 3).mean(axis=0))
-                tx_off += 1
-            else:
-                envtex.append(-1)
-                amb.append(rad)
-            env.append(rad)
-            f, i, faces, size = _scene_lights(scene, shadows, area_samples, cube_res, dir_res)
-            i = i.copy()
-            i[:, 1] += map_off
-            lf.append(f)
-            li.append(i)
-            light_rng.append((l_off, l_off + len(f)))
-            jobs += [(t_off, t_off + T, M, d, o + map_off, r) for M, d, o, r in faces]
-            t_off += T
-            m_off += len(scene.materials)
-            tx_off += len(scene.textures)
-            map_off += size
-            l_off += len(f)
-        c = np.ascontiguousarray
-        self.pos = c(np.concatenate(pos), np.float32)
-        self.nrm = c(np.concatenate(nrm), np.float32)
-        self.uvs = c(np.concatenate(uvs), np.float32)
-        self.mat_id = c(np.concatenate(mid), np.int32)
-        self.obj_id = c(np.concatenate(oid), np.int32)
-        self.scene_tri = np.array(tri, np.int64).reshape(-1, 2)
-        self.scene_light = np.array(light_rng, np.int64).reshape(-1, 2)
-        self.scene_env = np.array(env, np.float64).reshape(-1, 3)
-        self.scene_envtex = np.array(envtex, np.int64)
-        self.scene_amb = np.array(amb, np.float64).reshape(-1, 3)
-        cat = lambda k, dt: c(np.concatenate(mats[k]), dt)  # noqa: E731
-        self.mtype, self.mtex, self.mchk = cat("type", np.int32), cat("texture", np.int32), cat("checker", np.int32)
-        self.mbase, self.mrad = cat("base", np.float32), cat("radiance", np.float32)
-        self.mc1, self.mc2 = cat("checker1", np.float32), cat("checker2", np.float32)
-        self.mrough, self.mior = cat("roughness", np.float32), cat("ior", np.float32)
-        self.mscale = cat("checker_scale", np.float32)
-        self.tri_cull = c((1 - cat("two_sided", np.int32))[self.mat_id], np.int32)
-        self.tex_data = c(np.concatenate(tex_data) if tex_data else np.zeros((1, 3)), np.float32)
-        self.tex_info = np.array(tex_info, np.int64).reshape(-1, 3)
-        self.lights_f = c(np.concatenate(lf), np.float64).reshape(-1, 20)
-        self.lights_i = c(np.concatenate(li), np.int64).reshape(-1, 3)
-        self.maps = np.full(max(map_off, 1), np.inf, np.float32)
-        self.jobs = jobs
+    ARRAYS = ("pos", "nrm", "uvs", "mat_id", "obj_id", "tri_cull", "mtype", "mbase", "mrad", "mrough", "mior",
+              "mtex", "mchk", "mc1", "mc2", "mscale", "tex_data", "tex_info", "lights_f", "lights_i", "maps",
+              "scene_tri", "scene_light", "scene_env", "scene_envtex", "scene_amb")
 
-    def build_shadow_maps(self) -> None:
-        if not self.jobs:
-            return
-        K.render_shadow_maps(self.pos, np.array([j[:2] for j in self.jobs], np.int64),
-                             np.array([j[2] for j in self.jobs], np.float64),
-                             np.array([j[3] for j in self.jobs], np.float64),
-                             np.array([j[4] for j in self.jobs], np.int64),
-                             np.array([j[5] for j in self.jobs], np.int64), self.maps)
+    @classmethod
+    def single(cls, scene: Scene, shadows: bool, area_samples: int, cube_res: int, dir_res: int) -> "_Packed":
+        self = cls()
+        # Writable C-contiguous copies: kernels compiled for one array kind are not recompiled for
+        # another (a Scene's arrays are read-only, a merged batch's are not).
+        c = lambda a, dt=None: np.array(a, dtype=dt, order="C", copy=True)  # noqa: E731
+        T = scene.num_triangles
+        self.pos = c(scene.positions, np.float32)
+        self.nrm = c(scene.normals, np.float32)
+        self.uvs = c(scene.uvs, np.float32)
+        self.mat_id = c(scene.material_id, np.int32)
+        self.obj_id = c(scene.object_id, np.int32)
+        ma = scene.material_arrays()
+        self.mtype, self.mtex, self.mchk = c(ma["type"]), c(ma["texture"]), c(ma["checker"])
+        self.mbase, self.mrad, self.mc1, self.mc2 = c(ma["base"]), c(ma["radiance"]), c(ma["checker1"]), c(ma["checker2"])
+        self.mrough, self.mior, self.mscale = c(ma["roughness"]), c(ma["ior"]), c(ma["checker_scale"])
+        self.tri_cull = c((1 - ma["two_sided"])[self.mat_id], np.int32)
+        images = [np.asarray(img, np.float32)[..., :3] for img in scene.textures]
+        e = scene.environment
+        rad = np.asarray(e.radiance, np.float64)
+        envtex, amb = -1, rad
+        if e.image is not None:
+            env_img = np.asarray(e.image, np.float32)[..., :3]
+            envtex, amb = len(images), rad * env_img.reshape(-1, 3).mean(axis=0)
+            images.append(env_img)
+        sizes = [im.shape[0] * im.shape[1] for im in images]
+        self.tex_data = c(np.concatenate([im.reshape(-1, 3) for im in images]) if images else np.zeros((1, 3)),
+                          np.float32)
+        self.tex_info = np.array([(sum(sizes[:k]), im.shape[0], im.shape[1]) for k, im in enumerate(images)],
+                                 np.int64).reshape(-1, 3)
+        self.chunks = K.chunk_bounds(self.pos)
+        self.lights_f, self.lights_i, faces, size = _scene_lights(scene, self.pos, shadows, area_samples, cube_res,
+                                                                  dir_res)
+        self.maps = np.full(max(size, 1), np.inf, np.float32)
+        if faces:
+            K.render_shadow_maps(self.pos, self.chunks, np.array([(0, T)] * len(faces), np.int64),
+                                 np.array([f[0] for f in faces], np.float64), np.array([f[1] for f in faces], np.float64),
+                                 np.array([f[2] for f in faces], np.int64), np.array([f[3] for f in faces], np.int64),
+                                 self.maps)
+        self.scene_tri = np.array([[0, T]], np.int64)
+        self.scene_light = np.array([[0, len(self.lights_f)]], np.int64)
+        self.scene_env = rad.reshape(1, 3).copy()
+        self.scene_envtex = np.array([envtex], np.int64)
+        self.scene_amb = np.asarray(amb, np.float64).reshape(1, 3).copy()
+        lo, hi, _ = K.bounds_and_depth(self.pos, np.zeros(4))
+        self.corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        return self
+
+    @classmethod
+    def merge(cls, packs: Sequence["_Packed"]) -> "_Packed":
+        """Concatenate per-scene packs, offsetting every index into the shared tables."""
+        if len(packs) == 1:
+            return packs[0]
+        self = cls()
+        for name in cls.ARRAYS:
+            setattr(self, name, np.concatenate([getattr(p, name) for p in packs]))
+        t_off = m_off = tx_off = texel_off = l_off = map_off = 0
+        cuts = {k: [] for k in ("t", "m", "tx", "texel", "l", "map")}
+        for p in packs:
+            for k, v in (("t", t_off), ("m", m_off), ("tx", tx_off), ("texel", texel_off), ("l", l_off),
+                         ("map", map_off)):
+                cuts[k].append(v)
+            t_off += len(p.pos)
+            m_off += len(p.mtype)
+            tx_off += len(p.tex_info)
+            texel_off += len(p.tex_data)
+            l_off += len(p.lights_f)
+            map_off += len(p.maps)
+        rep = lambda key, attr: np.repeat(cuts[key], [len(getattr(p, attr)) for p in packs])  # noqa: E731
+        self.mat_id = (self.mat_id + rep("m", "mat_id")).astype(np.int32)
+        self.mtex = np.where(self.mtex >= 0, self.mtex + rep("tx", "mtex"), -1).astype(np.int32)
+        self.tex_info = self.tex_info.copy()
+        self.tex_info[:, 0] += rep("texel", "tex_info")
+        self.lights_i = self.lights_i.copy()
+        self.lights_i[:, 1] += rep("map", "lights_i")
+        self.scene_tri = self.scene_tri + np.asarray(cuts["t"])[:, None]
+        self.scene_light = self.scene_light + np.asarray(cuts["l"])[:, None]
+        self.scene_envtex = np.where(self.scene_envtex >= 0, self.scene_envtex + np.asarray(cuts["tx"]), -1)
+        self.chunks = K.chunk_bounds(self.pos)
+        return self
 
     def kernel_args(self):
         return (self.scene_tri, self.scene_light, self.scene_env, self.scene_envtex, self.scene_amb, self.pos,
-                self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase, self.mrad,
+                self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase, self.mrad,
                 self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale, self.tex_data,
                 self.tex_info, self.lights_f, self.lights_i, self.maps)
+
+
+# A few recently packed scenes (with their shadow maps), so rendering many views of one scene packs
+# it once, as an OpenGL program keeps its vertex buffers. Keys hold the scene weakly.
+_PACK_CACHE: "OrderedDict[tuple, tuple[weakref.ref, _Packed]]" = OrderedDict()
+PACK_CACHE_SIZE = 8
+
+
+def _pack(scene: Scene, *settings) -> _Packed:
+    key = (id(scene),) + settings
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and hit[0]() is scene:
+        _PACK_CACHE.move_to_end(key)
+        return hit[1]
+    packed = _Packed.single(scene, *settings)
+    _PACK_CACHE[key] = (weakref.ref(scene), packed)
+    while len(_PACK_CACHE) > PACK_CACHE_SIZE:
+        _PACK_CACHE.popitem(last=False)
+    return packed
 
 
 # --- compilation bookkeeping ------------------------------------------------------------------------
@@ -351,24 +374,25 @@ def _warm_up() -> float:
                  cameras=(Camera((0, 0, 0), (0, 0, -1), width=4, height=4),),
                  textures=(np.ones((2, 2, 3), np.float32),))
     _warm = True  # set first: the calls below go through the public path
-    for parallel in (False, True):
-        _render([(tiny, tiny.camera)] * (2 if parallel else 1), 1, True, 2, 8, 8, parallel)
+    twin = dataclasses.replace(tiny)  # a second scene object, so the batch path merges two packs
+    _render([(tiny, tiny.camera)], 1, True, 2, 8, 8, False)
+    _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
     cam = tiny.camera
     M, d, _ = _view_arrays(cam)
-    K.coverage_count(np.ascontiguousarray(p), np.zeros(2, np.int32), M, d, 4, 4)
+    K.coverage_count(np.array(p), K.chunk_bounds(np.array(p)), np.zeros(2, np.int32), M, d, 4, 4)
+    _all_behind_near(tiny, cam)
     return time.perf_counter() - t0
 
 
 # --- public API -----------------------------------------------------------------------------------
 def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel) -> list[Frame]:
+    """Render pairs (all with triangles) into Frames without meta."""
     scenes, index = [], {}
     for scene, _ in pairs:
         if id(scene) not in index:
             index[id(scene)] = len(scenes)
             scenes.append(scene)
-    packed = _Packed(scenes, shadows, area_samples, cube_res, dir_res)
-    if shadows:
-        packed.build_shadow_maps()
+    packed = _Packed.merge([_pack(sc, bool(shadows), area_samples, cube_res, dir_res) for sc in scenes])
     frames: list[Frame | None] = [None] * len(pairs)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (_, cam) in enumerate(pairs):
@@ -400,9 +424,15 @@ def _all_behind_near(scene: Scene, camera: Camera) -> bool:
     """True when every triangle corner is closer than the near plane (nothing can be drawn)."""
     if scene.num_triangles == 0:
         return False
-    _, _, f = camera.basis()
-    d = (scene.positions.reshape(-1, 3).astype(np.float64) - np.asarray(camera.position)) @ f
-    return bool(np.all(d < camera.near))
+    _, dvec, _ = _view_arrays(camera)
+    return bool(K.bounds_and_depth(np.array(scene.positions, np.float32), dvec)[2] < camera.near)
+
+
+def _box_behind_near(corners: np.ndarray, camera: Camera) -> bool:
+    """True when every corner of the scene's bounding box (8, 3) is closer than the near plane, which
+    puts every triangle there too (cheap; ``_all_behind_near`` is the exact test)."""
+    _, dvec, _ = _view_arrays(camera)
+    return bool((corners @ dvec[:3] + dvec[3]).max() < camera.near)
 
 
 def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int = 1, shadows: bool = True,
@@ -432,26 +462,34 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
         _check_request(w, h, ssaa, n, workers)
     compile_s = _warm_up()
     t0 = time.perf_counter()
+    settings = (bool(shadows), int(area_samples), int(shadow_resolution), int(directional_resolution))
     keep = []
     for k, (s, c) in enumerate(pairs):
         if s.num_triangles == 0:
             warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=2)
-        elif _all_behind_near(s, c):
-            warnings.warn(f"{s.source}: every triangle is closer to the camera than its near plane "
-                          f"({c.near} m); the frame is empty", stacklevel=2)
+        elif _box_behind_near(_pack(s, *settings).corners, c):
+            _warn_near(s, c)
         else:
             keep.append(k)
-    frames = [Frame.empty(c.height, c.width) for _, c in pairs]
+    frames: list[Frame | None] = [None] * len(pairs)
     if keep:
-        done = _render([pairs[k] for k in keep], ssaa, shadows, int(area_samples), int(shadow_resolution),
-                       int(directional_resolution), parallel)
+        done = _render([pairs[k] for k in keep], ssaa, *settings, parallel)
         for k, f in zip(keep, done):
             frames[k] = f
+            s, c = pairs[k]
+            if f.object_id.max() < 0 and _all_behind_near(s, c):
+                _warn_near(s, c)
+    frames = [f if f is not None else Frame.empty(c.height, c.width) for f, (_, c) in zip(frames, pairs)]
     elapsed = time.perf_counter() - t0
     for f in frames:
         f.meta.update(renderer="raster", ssaa=ssaa, shadows=bool(shadows), compile_seconds=compile_s,
                       render_seconds=elapsed, views=len(pairs))
     return frames
+
+
+def _warn_near(scene: Scene, camera: Camera) -> None:
+    warnings.warn(f"{scene.source}: every triangle is closer to the camera than its near plane "
+                  f"({camera.near} m); the frame is empty", stacklevel=3)
 
 
 def _sizes(pairs) -> dict[tuple[int, int], int]:
@@ -483,5 +521,26 @@ def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> n
     M, d, _ = _view_arrays(camera)
     two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
     tri_cull = (1 - two).astype(np.int32) if cull else np.zeros(scene.num_triangles, np.int32)
-    return K.coverage_count(np.ascontiguousarray(scene.positions, np.float32), tri_cull, M, d,
+    pos = np.array(scene.positions, np.float32)
+    return K.coverage_count(pos, K.chunk_bounds(pos), tri_cull, M, d,
                             camera.width, camera.height)
+
+
+def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The raw visibility buffer at one sample per pixel: triangle index (H, W) int32 (-1 none) and
+    view depth (H, W) float32 (inf none). Same clipping, culling and fill rule as ``rasterize``;
+    used to compare triangle ids with other rasterizers."""
+    camera = camera or scene.camera
+    _check_request(camera.width, camera.height, 1)
+    _warm_up()
+    M, d, _ = _view_arrays(camera)
+    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
+    h, w = camera.height, camera.width
+    zbuf = np.full((h, w), np.inf, np.float32)
+    tbuf = np.full((h, w), -1, np.int32)
+    bbuf = np.empty((h, w, 2), np.float32)
+    pos = np.array(scene.positions, np.float32)
+    K.raster_triangles(pos, K.chunk_bounds(pos), 0, scene.num_triangles,
+                       (1 - two).astype(np.int32), M, d, w, h, zbuf, tbuf, bbuf, np.zeros((1, 1), np.int32),
+                       K.MODE_VISIBILITY)
+    return tbuf, zbuf
