@@ -190,3 +190,33 @@ def test_bad_settings_are_refused():
 
     with pytest.raises(RenderError, match="family 'rooms'.*renderer 'opengl'"):
         DatasetConfig("rooms", 1, 1, renderer="opengl").check()
+
+
+def test_both_renderers_store_paired_images(tmp_path):
+    import imageio.v3 as iio  # noqa: F401
+
+    from neural.data import SceneViews
+
+    cfg = DatasetConfig("cornell_box", scenes=1, views=2, size=16, renderer="both", spp=16, shard_size=1)
+    generate(cfg, tmp_path, progress=False)
+    sh = open_shard(tmp_path, 0)
+    assert sh.images_path is not None and sh.images_path.shape == sh.images.shape == (1, 2, 16, 16, 3)
+    a, b = sh.images.astype(float), sh.images_path.astype(float)
+    assert np.abs(a - b).mean() > 1.0  # direct light only vs global illumination: not the same image
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.5  # but the same scene from the same camera
+    views = SceneViews(tmp_path, images="images_path")
+    imgs, _ = views.gather(np.array([0]), np.array([[1, 0]]))
+    np.testing.assert_array_equal(imgs[0, 0], sh.images_path[0, 1])
+
+
+def test_generate_cli_as_a_user_runs_it(tmp_path):
+    out = tmp_path / "rooms"
+    args = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "5", "--views", "2",
+            "--size", "16", "--shard-size", "2", "--out", str(out)]
+    res = subprocess.run(args, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "5 scenes x 2 views in 3 shard(s)" in res.stdout
+    assert "scene" in res.stderr and "100%" in res.stderr  # the progress bar
+    res = subprocess.run([sys.executable, "-m", "trirender", "dataset", "show", str(out), "--out", str(tmp_path / "s.png")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and (tmp_path / "s.png").stat().st_size > 1000

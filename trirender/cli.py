@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 scene_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and convert scenes.")
 app.add_typer(scene_app, name="scene", help="Inspect, generate and convert scenes (info, generate, convert).")
 
-out = Console()
+out = Console(soft_wrap=True)  # never wrap messages: scripts parse them
 err = Console(stderr=True)
 
 SceneArg = typer.Argument(..., help="A .toml scene, a mesh/scene file (OBJ, PLY, STL, GLB/glTF) or a built-in "
