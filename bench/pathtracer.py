@@ -138,9 +138,7 @@ def _versions() -> dict:
         try:
             m = __import__(mod)
             v = getattr(m, "__version__", None)
-            if v is None and mod == "taichi":
-                v = ".".join(map(str, m.__version__))
-            out[mod] = str(v)
+            out[mod] = ".".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
         except Exception:
             out[mod] = None
     return out

@@ -231,10 +231,11 @@ def _device_arrays(packed: dict, backend: str) -> dict:
 # --- the entry point -------------------------------------------------------------------------------
 def _pass_schedule(spp: int) -> list[int]:
     """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp."""
-    out, size = [], 1
-    while sum(out) < spp:
-        n = min(size, spp - sum(out))
+    out, size, total = [], 1, 0
+    while total < spp:
+        n = min(size, spp - total)
         out.append(n)
+        total += n
         if len(out) > 1:
             size = min(size * 2, MAX_PASS_SPP)
     return out
