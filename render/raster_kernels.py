@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 SUBPIXEL = 256  # fixed-point steps per pixel (8 bits)
@@ -43,7 +44,7 @@ def _guard(width, height):
     return float(2 ** 20) / max(width, height)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _top_left_bias(ax, ay, bx, by):
     """0 for a top or left edge a->b of a positive-area triangle (raster y down), else -1.
 
@@ -59,7 +60,7 @@ def _top_left_bias(ax, ay, bx, by):
     return -1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf, count, mode):
     """Rasterize one clipped triangle: rows ia, ib, ic of poly (N, 8) float64 hold
     [x, y, z, w, d, b0, b1, b2] (clip position, view depth, barycentrics in the original triangle).
@@ -157,71 +158,6 @@ def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf,
 
 
 @njit(cache=True, error_model="numpy")
-def _setup_triangle(pos, t, tri_cull, m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33,
-                    d0, d1, d2, d3, g, planes, poly, tmp, dist, width, height, zbuf, tbuf, bbuf, count, mode):
-    """Transform, reject, clip if needed, and rasterize triangle t (see ``raster_triangles``)."""
-    out_all = 1023
-    out_any = 0
-    for k in range(3):
-        px = np.float64(pos[t, k, 0])
-        py = np.float64(pos[t, k, 1])
-        pz = np.float64(pos[t, k, 2])
-        x = m00 * px + m01 * py + m02 * pz + m03
-        y = m10 * px + m11 * py + m12 * pz + m13
-        z = m20 * px + m21 * py + m22 * pz + m23
-        w = m30 * px + m31 * py + m32 * pz + m33
-        # Outcode bits in the order of ``planes``.
-        # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
-        # sides, used only to reject (the guard band makes clipping against them unnecessary).
-        code = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
-                + (y + g * w < 0.0) * 16 + (g * w - y < 0.0) * 32
-                + (x > w) * 64 + (x < -w) * 128 + (y > w) * 256 + (y < -w) * 512)
-        out_all &= code
-        out_any |= code
-        poly[k, 0] = x
-        poly[k, 1] = y
-        poly[k, 2] = z
-        poly[k, 3] = w
-        poly[k, 4] = d0 * px + d1 * py + d2 * pz + d3
-        poly[k, 5] = 0.0
-        poly[k, 6] = 0.0
-        poly[k, 7] = 0.0
-        poly[k, 5 + k] = 1.0
-    if out_all != 0:
-        return  # every corner outside one plane
-    cull = tri_cull[t] != 0
-    crossed = out_any & 63
-    if crossed == 0:
-        _raster_triangle(poly, 0, 1, 2, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
-        return
-    # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
-    # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
-    n = 3
-    for p in range(6):
-        if not (crossed >> p) & 1:
-            continue
-        for k in range(n):
-            dist[k] = (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
-                       + planes[p, 3] * poly[k, 3])
-        m = 0
-        for k in range(n):
-            kn = (k + 1) % n
-            if dist[k] >= 0.0:
-                tmp[m, :] = poly[k, :]
-                m += 1
-            if (dist[k] >= 0.0) != (dist[kn] >= 0.0):
-                a = dist[k] / (dist[k] - dist[kn])
-                tmp[m, :] = poly[k, :] + a * (poly[kn, :] - poly[k, :])
-                m += 1
-        n = m
-        poly[:n, :] = tmp[:n, :]
-        if n < 3:
-            break
-    for k in range(1, n - 1):
-        _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
-
-
-@njit(cache=True, error_model="numpy")
 def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
     """Rasterize triangles ``t0..t1`` of ``pos`` into the buffers.
 
@@ -263,9 +199,67 @@ def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf
         if box_all != 0:
             continue
         for t in range(max(t0, ch * CHUNK), min(t1, (ch + 1) * CHUNK)):
-            _setup_triangle(pos, t, tri_cull, m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30,
-                            m31, m32, m33, d0, d1, d2, d3, g, planes, poly, tmp, dist, width, height, zbuf, tbuf,
-                            bbuf, count, mode)
+            # Transform, reject, clip if needed, rasterize (inline: a call per triangle costs more
+            # than the work for the many small triangles).
+            out_all = 1023
+            out_any = 0
+            for k in range(3):
+                px = np.float64(pos[t, k, 0])
+                py = np.float64(pos[t, k, 1])
+                pz = np.float64(pos[t, k, 2])
+                x = m00 * px + m01 * py + m02 * pz + m03
+                y = m10 * px + m11 * py + m12 * pz + m13
+                z = m20 * px + m21 * py + m22 * pz + m23
+                w = m30 * px + m31 * py + m32 * pz + m33
+                # Outcode bits in the order of ``planes``.
+                # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
+                # sides, used only to reject (the guard band makes clipping against them unnecessary).
+                code = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
+                        + (y + g * w < 0.0) * 16 + (g * w - y < 0.0) * 32
+                        + (x > w) * 64 + (x < -w) * 128 + (y > w) * 256 + (y < -w) * 512)
+                out_all &= code
+                out_any |= code
+                poly[k, 0] = x
+                poly[k, 1] = y
+                poly[k, 2] = z
+                poly[k, 3] = w
+                poly[k, 4] = d0 * px + d1 * py + d2 * pz + d3
+                poly[k, 5] = 0.0
+                poly[k, 6] = 0.0
+                poly[k, 7] = 0.0
+                poly[k, 5 + k] = 1.0
+            if out_all != 0:
+                continue  # every corner outside one plane
+            cull = tri_cull[t] != 0
+            crossed = out_any & 63
+            if crossed == 0:
+                _raster_triangle(poly, 0, 1, 2, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+                continue
+            # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
+            # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
+            n = 3
+            for p in range(6):
+                if not (crossed >> p) & 1:
+                    continue
+                for k in range(n):
+                    dist[k] = (planes[p, 0] * poly[k, 0] + planes[p, 1] * poly[k, 1] + planes[p, 2] * poly[k, 2]
+                               + planes[p, 3] * poly[k, 3])
+                m = 0
+                for k in range(n):
+                    kn = (k + 1) % n
+                    if dist[k] >= 0.0:
+                        tmp[m, :] = poly[k, :]
+                        m += 1
+                    if (dist[k] >= 0.0) != (dist[kn] >= 0.0):
+                        a = dist[k] / (dist[k] - dist[kn])
+                        tmp[m, :] = poly[k, :] + a * (poly[kn, :] - poly[k, :])
+                        m += 1
+                n = m
+                poly[:n, :] = tmp[:n, :]
+                if n < 3:
+                    break
+            for k in range(1, n - 1):
+                _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -287,7 +281,7 @@ def render_shadow_maps(pos, chunks, job_tri, job_M, job_d, job_off, job_res, map
 
 
 # --- shading -----------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _sample_texture(tex_data, tex_info, k, u, v, out):
     """Bilinear lookup with wrap-around in texture k; v = 0 is the bottom row. Writes out (3,)."""
     off = tex_info[k, 0]
@@ -341,7 +335,7 @@ def ggx_brdf(nx, ny, nz, vx, vy, vz, lx, ly, lz, alpha, f0):
     return d * g1v * g1l * f / (4.0 * nv * nl)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _shadow_visible(lights_f, lights_i, k, maps, px, py, pz, gx, gy, gz, bias_texels):
     """1.0 when point p (with unit geometric normal g facing the light) is lit by light k.
 
@@ -424,17 +418,17 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
     ww = out_rgb.shape[1]
     s = ssaa
     inv_ns = 1.0 / (s * s)
-    col = np.empty(3)
     tx = np.empty(3)
-    rgb = np.empty(3)
-    alb = np.empty(3)
-    p = np.empty(3)
-    n = np.empty(3)
+    # Scalar accumulators (r, g, b): small arrays here would keep the compiler from holding them
+    # in registers.
     for i in range(hh):
         for j in range(ww):
-            for c in range(3):
-                rgb[c] = 0.0
-                alb[c] = 0.0
+            acc_r = 0.0
+            acc_g = 0.0
+            acc_b = 0.0
+            alb_r = 0.0
+            alb_g = 0.0
+            alb_b = 0.0
             for si in range(s):
                 for sj in range(s):
                     y = i * s + si
@@ -457,44 +451,50 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                             ev = math.acos(min(1.0, max(-1.0, dy))) / math.pi
                             # Equirect rows run top (up) to bottom, the texture lookup's v runs bottom-up.
                             _sample_texture(tex_data, tex_info, env_tex, eu, 1.0 - ev, tx)
-                            for c in range(3):
-                                rgb[c] += env[c] * tx[c]
+                            acc_r += env[0] * tx[0]
+                            acc_g += env[1] * tx[1]
+                            acc_b += env[2] * tx[2]
                         else:
-                            for c in range(3):
-                                rgb[c] += env[c]
+                            acc_r += env[0]
+                            acc_g += env[1]
+                            acc_b += env[2]
                         if rep:
                             out_depth[i, j] = np.inf
                             out_id[i, j] = -1
-                            for c in range(3):
-                                out_normal[i, j, c] = 0.0
+                            out_normal[i, j, 0] = 0.0
+                            out_normal[i, j, 1] = 0.0
+                            out_normal[i, j, 2] = 0.0
                         continue
                     b1 = np.float64(b[y, x, 0])
                     b2 = np.float64(b[y, x, 1])
                     b0 = 1.0 - b1 - b2
                     # Position, normals and uv at the fragment, from the original corners.
-                    for c in range(3):
-                        p[c] = b0 * pos[t, 0, c] + b1 * pos[t, 1, c] + b2 * pos[t, 2, c]
-                        n[c] = b0 * nrm[t, 0, c] + b1 * nrm[t, 1, c] + b2 * nrm[t, 2, c]
+                    px = b0 * pos[t, 0, 0] + b1 * pos[t, 1, 0] + b2 * pos[t, 2, 0]
+                    py = b0 * pos[t, 0, 1] + b1 * pos[t, 1, 1] + b2 * pos[t, 2, 1]
+                    pz = b0 * pos[t, 0, 2] + b1 * pos[t, 1, 2] + b2 * pos[t, 2, 2]
+                    nx = b0 * nrm[t, 0, 0] + b1 * nrm[t, 1, 0] + b2 * nrm[t, 2, 0]
+                    ny = b0 * nrm[t, 0, 1] + b1 * nrm[t, 1, 1] + b2 * nrm[t, 2, 1]
+                    nz = b0 * nrm[t, 0, 2] + b1 * nrm[t, 1, 2] + b2 * nrm[t, 2, 2]
                     u = b0 * uvs[t, 0, 0] + b1 * uvs[t, 1, 0] + b2 * uvs[t, 2, 0]
                     v = b0 * uvs[t, 0, 1] + b1 * uvs[t, 1, 1] + b2 * uvs[t, 2, 1]
-                    nl = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
                     e1x = pos[t, 1, 0] - pos[t, 0, 0]
                     e1y = pos[t, 1, 1] - pos[t, 0, 1]
                     e1z = pos[t, 1, 2] - pos[t, 0, 2]
                     e2x = pos[t, 2, 0] - pos[t, 0, 0]
                     e2y = pos[t, 2, 1] - pos[t, 0, 1]
                     e2z = pos[t, 2, 2] - pos[t, 0, 2]
-                    gx = e1y * e2z - e1z * e2y
-                    gy = e1z * e2x - e1x * e2z
-                    gz = e1x * e2y - e1y * e2x
+                    gx = np.float64(e1y * e2z - e1z * e2y)
+                    gy = np.float64(e1z * e2x - e1x * e2z)
+                    gz = np.float64(e1x * e2y - e1y * e2x)
                     gl = math.sqrt(gx * gx + gy * gy + gz * gz)
                     gx /= gl
                     gy /= gl
                     gz /= gl
+                    nl = math.sqrt(nx * nx + ny * ny + nz * nz)
                     if nl > 0.0:
-                        nx = n[0] / nl
-                        ny = n[1] / nl
-                        nz = n[2] / nl
+                        nx /= nl
+                        ny /= nl
+                        nz /= nl
                     else:
                         nx = gx
                         ny = gy
@@ -505,9 +505,9 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                         out_normal[i, j, 0] = nx
                         out_normal[i, j, 1] = ny
                         out_normal[i, j, 2] = nz
-                    vx = cam[0] - p[0]
-                    vy = cam[1] - p[1]
-                    vz = cam[2] - p[2]
+                    vx = cam[0] - px
+                    vy = cam[1] - py
+                    vz = cam[2] - pz
                     vl = math.sqrt(vx * vx + vy * vy + vz * vz)
                     vx /= vl
                     vy /= vl
@@ -519,22 +519,36 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     m = mat_id[t]
                     kind = mtype[m]
                     if mtex[m] >= 0:
-                        _sample_texture(tex_data, tex_info, mtex[m], u, v, col)
+                        _sample_texture(tex_data, tex_info, mtex[m], u, v, tx)
+                        cr = tx[0]
+                        cg = tx[1]
+                        cb = tx[2]
                     elif mchk[m]:
                         parity = (math.floor(u * mscale[m]) + math.floor(v * mscale[m])) % 2
-                        for c in range(3):
-                            col[c] = mc1[m, c] if parity == 0 else mc2[m, c]
+                        if parity == 0:
+                            cr = np.float64(mc1[m, 0])
+                            cg = np.float64(mc1[m, 1])
+                            cb = np.float64(mc1[m, 2])
+                        else:
+                            cr = np.float64(mc2[m, 0])
+                            cg = np.float64(mc2[m, 1])
+                            cb = np.float64(mc2[m, 2])
                     else:
-                        for c in range(3):
-                            col[c] = mbase[m, c]
-                    for c in range(3):
-                        alb[c] += col[c]
-                        # Constant environment as ambient light, unoccluded: a Lambertian surface
-                        # reflects albedo * L; metal and glass approximated by their tint.
-                        rgb[c] += col[c] * ambient[c]
+                        cr = np.float64(mbase[m, 0])
+                        cg = np.float64(mbase[m, 1])
+                        cb = np.float64(mbase[m, 2])
+                    alb_r += cr
+                    alb_g += cg
+                    alb_b += cb
+                    # Constant environment as ambient light, unoccluded: a Lambertian surface reflects
+                    # albedo * L; metal and glass approximated by their tint.
+                    acc_r += cr * ambient[0]
+                    acc_g += cg * ambient[1]
+                    acc_b += cb * ambient[2]
                     if kind == EMITTER and front:
-                        for c in range(3):
-                            rgb[c] += mrad[m, c]
+                        acc_r += mrad[m, 0]
+                        acc_g += mrad[m, 1]
+                        acc_b += mrad[m, 2]
                     for k in range(l0, l1):
                         lk = lights_i[k, 0]
                         if lk == L_DIRECTIONAL:
@@ -543,9 +557,9 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                             wz = -lights_f[k, 5]
                             scale = 1.0
                         else:
-                            wx = lights_f[k, 0] - p[0]
-                            wy = lights_f[k, 1] - p[1]
-                            wz = lights_f[k, 2] - p[2]
+                            wx = lights_f[k, 0] - px
+                            wy = lights_f[k, 1] - py
+                            wz = lights_f[k, 2] - pz
                             r2 = wx * wx + wy * wy + wz * wz
                             if r2 <= 0.0:
                                 continue
@@ -566,41 +580,48 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                         if cs <= 0.0:
                             continue
                         if shadows and lights_i[k, 2] > 0:
-                            if _shadow_visible(lights_f, lights_i, k, maps, p[0], p[1], p[2], gx, gy, gz,
+                            if _shadow_visible(lights_f, lights_i, k, maps, px, py, pz, gx, gy, gz,
                                                bias_texels) == 0.0:
                                 continue
                         e = scale * cs
                         if kind == DIFFUSE or kind == EMITTER:
-                            for c in range(3):
-                                rgb[c] += col[c] * INV_PI * lights_f[k, 6 + c] * e
+                            acc_r += cr * INV_PI * lights_f[k, 6] * e
+                            acc_g += cg * INV_PI * lights_f[k, 7] * e
+                            acc_b += cb * INV_PI * lights_f[k, 8] * e
                         elif kind == METAL:
-                            for c in range(3):
-                                f = ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, mrough[m], col[c])
-                                rgb[c] += f * lights_f[k, 6 + c] * e
+                            acc_r += ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, mrough[m], cr) * lights_f[k, 6] * e
+                            acc_g += ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, mrough[m], cg) * lights_f[k, 7] * e
+                            acc_b += ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, mrough[m], cb) * lights_f[k, 8] * e
                         else:
                             # Glass as a tinted reflector: dielectric Schlick F0 from the ior.
                             f0 = ((mior[m] - 1.0) / (mior[m] + 1.0)) ** 2
-                            f = ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, GLASS_ALPHA, f0)
-                            for c in range(3):
-                                rgb[c] += col[c] * f * lights_f[k, 6 + c] * e
-            for c in range(3):
-                out_rgb[i, j, c] = rgb[c] * inv_ns
-                out_albedo[i, j, c] = alb[c] * inv_ns
+                            f = ggx_brdf(nx, ny, nz, vx, vy, vz, wx, wy, wz, GLASS_ALPHA, f0) * e
+                            acc_r += cr * f * lights_f[k, 6]
+                            acc_g += cg * f * lights_f[k, 7]
+                            acc_b += cb * f * lights_f[k, 8]
+            out_rgb[i, j, 0] = acc_r * inv_ns
+            out_rgb[i, j, 1] = acc_g * inv_ns
+            out_rgb[i, j, 2] = acc_b * inv_ns
+            out_albedo[i, j, 0] = alb_r * inv_ns
+            out_albedo[i, j, 1] = alb_g * inv_ns
+            out_albedo[i, j, 2] = alb_b * inv_ns
 
 
 @njit(cache=True, error_model="numpy")
-def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+def render_view(n, slot, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
                 scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk,
                 mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
-                out_rgb, out_depth, out_normal, out_albedo, out_id):
-    """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n])."""
-    hh = out_rgb.shape[1]
-    ww = out_rgb.shape[2]
-    hs = hh * ssaa
-    ws = ww * ssaa
-    zbuf = np.full((hs, ws), np.inf, np.float32)
-    tbuf = np.full((hs, ws), -1, np.int32)
-    bbuf = np.empty((hs, ws, 2), np.float32)
+                out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+    """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n]) using
+    visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32 triangle, (.., 2) float32
+    barycentrics), reused across calls so big frames do not pay fresh page faults every time."""
+    zbuf = scratch_z[slot]
+    tbuf = scratch_t[slot]
+    bbuf = scratch_b[slot]
+    zbuf[:] = np.inf
+    tbuf[:] = -1
+    hs = zbuf.shape[0]
+    ws = zbuf.shape[1]
     dummy = np.zeros((1, 1), np.int32)
     sc = view_scene[n]
     raster_triangles(pos, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
@@ -615,26 +636,27 @@ def render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
 def render_views(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb,
                  pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                  mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
-                 out_rgb, out_depth, out_normal, out_albedo, out_id):
-    """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles)."""
+                 out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+    """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles).
+    scratch_* hold one visibility buffer per pool thread."""
     for n in prange(view_scene.shape[0]):
-        render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+        render_view(n, numba.get_thread_id(), view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
                     scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                     mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
+                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
 def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
                         scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                         mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                        ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id):
+                        ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """The same as ``render_views`` on one thread (a single view gains nothing from the thread pool)."""
     for n in range(view_scene.shape[0]):
-        render_view(n, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+        render_view(n, 0, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
                     scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                     mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id)
+                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")

@@ -23,15 +23,18 @@ Direct light only, with the scene's own materials:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 import warnings
 import weakref
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
+import numba
 import numpy as np
 
 from .camera import Camera
@@ -42,8 +45,6 @@ from .scene import Scene
 # numba picks its threading layer once per process, at the first parallel launch. workqueue avoided
 # the stalls seen with OpenMP on small machines (issue 3); NUMBA_THREADING_LAYER still wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    import numba
-
     numba.config.THREADING_LAYER = "workqueue"
 
 from . import raster_kernels as K  # noqa: E402
@@ -349,6 +350,31 @@ def _pack(scene: Scene, *settings) -> _Packed:
     return packed
 
 
+# Visibility buffers kept between calls (one set, for the latest size), so that a big frame does
+# not pay for fresh pages every time. A second thread rendering at the same time gets its own.
+_SCRATCH: dict = {}
+_SCRATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _scratch(slots: int, h: int, w: int):
+    def fresh():
+        return (np.empty((slots, h, w), np.float32), np.empty((slots, h, w), np.int32),
+                np.empty((slots, h, w, 2), np.float32))
+
+    if not _SCRATCH_LOCK.acquire(blocking=False):
+        yield fresh()
+        return
+    try:
+        key = (slots, h, w)
+        if key not in _SCRATCH:
+            _SCRATCH.clear()
+            _SCRATCH[key] = fresh()
+        yield _SCRATCH[key]
+    finally:
+        _SCRATCH_LOCK.release()
+
+
 # --- compilation bookkeeping ------------------------------------------------------------------------
 _warm = False
 
@@ -412,9 +438,12 @@ def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel) -> 
         normal = np.empty((nv, h, w, 3), np.float32)
         albedo = np.empty((nv, h, w, 3), np.float32)
         oid = np.empty((nv, h, w), np.int32)
-        kernel = K.render_views if parallel and nv > 1 else K.render_views_serial
-        kernel(view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
-               float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid)
+        par = parallel and nv > 1
+        kernel = K.render_views if par else K.render_views_serial
+        slots = numba.config.NUMBA_NUM_THREADS if par else 1
+        with _scratch(slots, h * ssaa, w * ssaa) as (sz, st, sb):
+            kernel(view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
+                   float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid, sz, st, sb)
         for m, k in enumerate(ks):
             frames[k] = Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
     return frames  # type: ignore[return-value]
