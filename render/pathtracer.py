@@ -116,6 +116,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     bvh = build_bvh(scene.positions)
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
+    pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
     tri_n = np.asarray(scene.normals, np.float32)[order].reshape(-1, 3)
     tri_uv = np.asarray(scene.uvs, np.float32)[order].reshape(-1, 2)

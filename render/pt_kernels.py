@@ -40,6 +40,7 @@ RR_DEPTH = 5  # Russian roulette from this many segments on (Mitsuba's rr_depth)
 RAY_EPS = 1e-4  # relative origin offset along the geometric normal (avoids self-intersection)
 DELTA_ROUGHNESS = 1e-4  # metal below this GGX alpha is a perfect mirror
 INV_PI = 1.0 / math.pi
+MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (scene coordinates stay below 1e20)
 
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
 ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)
@@ -109,12 +110,13 @@ def max3(v):
 # --- BVH traversal --------------------------------------------------------------------------------
 @ti.func
 def box_entry(lo, hi, o_inv, inv, t_max):
-    """Slab test: the distance where the ray enters the box, or +inf when it misses within t_max."""
+    """Slab test: the distance where the ray enters the box, or MISS when it misses within t_max.
+    (Finite sentinels only: the kernels are compiled with fast math, which may assume no infinities.)"""
     ta = lo * inv - o_inv
     tb = hi * inv - o_inv
     t0 = ti.max(ti.min(ta, tb).max(), 0.0)
     t1 = ti.min(ti.max(ta, tb).min(), t_max)
-    return t0 if t0 <= t1 else ti.math.inf
+    return t0 if t0 <= t1 else MISS
 
 
 @ti.func
@@ -126,7 +128,9 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     At an inner node both children's boxes are tested: the nearer one is entered and the other is
     pushed with its entry distance, so a pushed node that now lies beyond the closest hit is skipped
     when popped (front-to-back order shrinks t_max early)."""
-    inv = 1.0 / d  # +-inf for zero components: the slab test stays correct (IEEE)
+    # a zero direction component becomes a tiny one: 1/d stays finite (fast math assumes no inf)
+    d_safe = ti.select(ti.abs(d) < 1e-20, ti.select(d < 0.0, -1e-20, 1e-20), d)
+    inv = 1.0 / d_safe
     o_inv = o * inv
     best_t = t_max
     best = -1
@@ -136,7 +140,7 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     stack_t = ti.Vector([0.0] * STACK, ti.f32)
     sp = 0
     node = 0
-    done = box_entry(node_lo[0], node_hi[0], o_inv, inv, best_t) == ti.math.inf
+    done = box_entry(node_lo[0], node_hi[0], o_inv, inv, best_t) >= MISS
     while not done:
         info = node_i[node]
         if info[1] > 0:
@@ -179,7 +183,7 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
             right = info[0]
             tl = box_entry(node_lo[left], node_hi[left], o_inv, inv, best_t)
             tr = box_entry(node_lo[right], node_hi[right], o_inv, inv, best_t)
-            if tl < ti.math.inf and tr < ti.math.inf:
+            if tl < MISS and tr < MISS:
                 if tl <= tr:
                     node = left
                     stack[sp] = right
@@ -189,9 +193,9 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
                     stack[sp] = left
                     stack_t[sp] = tl
                 sp += 1
-            elif tl < ti.math.inf:
+            elif tl < MISS:
                 node = left
-            elif tr < ti.math.inf:
+            elif tr < MISS:
                 node = right
             else:
                 node = -1
@@ -438,7 +442,7 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
     prev_delta = 1  # that sample was a delta lobe (or the camera): no MIS for what it hits
     depth = 0  # segments traced before the current one
     while True:
-        t, k, b1, b2 = intersect(o, d, 3.0e38, False, node_lo, node_hi, node_i, tri_v)
+        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_v)
         if k < 0:
             if aov:
                 depth_aov[pix] = ti.math.inf
@@ -495,7 +499,7 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
             ul1 = rand(state)
             ul2 = rand(state)
             wi_w = vec3(0.0, 1.0, 0.0)
-            dist = 3.0e38
+            dist = 1.0e30
             Li = vec3(0.0)  # radiance (or delta light's contribution) divided by its pdf
             pdf_l = 0.0
             light_delta = 0
@@ -552,7 +556,7 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
                     if light_delta == 0 and mode == MIS:
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
-                    t_sh = dist * (1.0 - 1e-3) if dist < 1.0e38 else 3.0e38
+                    t_sh = dist * (1.0 - 1e-3) if dist < 1.0e30 else 1.0e30
                     _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v)
                     if blocker < 0:
                         L += beta * fc * Li * w
@@ -628,7 +632,7 @@ def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
                tri_v: NDV3, node_lo: NDV3, node_hi: NDV3, node_i: NDI3):
     """Closest hit of each ray (for tests against render.bvh's brute force); tri_out in leaf order."""
     for r in range(origins.shape[0]):
-        t, k, _, _ = intersect(origins[r], directions[r], 3.0e38, False, node_lo, node_hi, node_i, tri_v)
+        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_v)
         t_out[r] = t if k >= 0 else ti.math.inf
         tri_out[r] = k
 
