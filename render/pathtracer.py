@@ -285,15 +285,18 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
 
     import taichi as ti
 
-    if used == "cpu":
-        accum = np.zeros((H * W, 3), np.float32)
-    else:
-        accum = ti.ndarray(dtype=ti.math.vec3, shape=H * W)
-        accum.fill(0.0)
-    depth_arr = np.zeros(H * W, np.float32)
-    normal_arr = np.zeros((H * W, 3), np.float32)
-    albedo_arr = np.zeros((H * W, 3), np.float32)
-    obj_arr = np.zeros(H * W, np.int32)
+    def buffer(dtype, vec: bool):
+        """An output array: numpy on the CPU (zero-copy), a device ndarray on a GPU (numpy arguments
+        would be copied both ways at every pass)."""
+        if used == "cpu":
+            return np.zeros((H * W, 3) if vec else (H * W,), dtype)
+        nd = ti.ndarray(dtype=ti.math.vec3 if vec else (ti.f32 if dtype == np.float32 else ti.i32), shape=H * W)
+        nd.fill(0)
+        return nd
+
+    accum = buffer(np.float32, True)
+    depth_arr, normal_arr = buffer(np.float32, False), buffer(np.float32, True)
+    albedo_arr, obj_arr = buffer(np.float32, True), buffer(np.int32, False)
     scene_args = [dev[n] for n in _DEVICE_KEYS]
     max_d = int(max_depth)
     mode = STRATEGIES[strategy]
@@ -332,7 +335,8 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     if bar is not None:
         bar.close()
     render_seconds = time.perf_counter() - t_r
-    acc = accum if used == "cpu" else accum.to_numpy()
+    host = (lambda a: a) if used == "cpu" else (lambda a: a.to_numpy())  # noqa: E731
+    acc, depth_arr, normal_arr, albedo_arr, obj_arr = map(host, (accum, depth_arr, normal_arr, albedo_arr, obj_arr))
     rgb = (acc / np.float32(done)).reshape(H, W, 3).astype(np.float32)
     meta = {
         "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d, "seed": int(seed),
