@@ -12,7 +12,6 @@ import functools
 import math
 
 import numpy as np
-import trimesh
 
 Soup = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -68,6 +67,8 @@ def _sphere_uv(d: np.ndarray) -> np.ndarray:
 def make_sphere(radius=1.0, subdivisions=3, smooth=True) -> Soup:
     """Icosphere (trimesh's subdivided icosahedron) of the given radius. ``subdivisions=0,
     smooth=false`` is an icosahedron with flat faces."""
+    import trimesh  # lazily: importing trimesh (and scipy) costs ~1 s and most scenes need no sphere
+
     ico = trimesh.creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
     v = np.asarray(ico.vertices, np.float64)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
