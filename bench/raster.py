@@ -211,7 +211,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+            "platform": platform.platform(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "numba_threading_layer": None}
     try:
         import moderngl
@@ -259,6 +260,7 @@ def main(argv=None) -> dict:
     import numba
 
     result["machine"]["numba_threading_layer"] = numba.threading_layer()
+    result["machine"]["load_average_after_numba"] = list(os.getloadavg())
     result["raster"] = {"small_views_per_s": ours_small, "small_views_per_s_serial": ours_small_serial,
                         "small_views_per_s_shadows": ours_small_shadow, "big_fps": ours_big,
                         "big_fps_shadows": ours_big_shadow}
@@ -295,15 +297,18 @@ def main(argv=None) -> dict:
                             "id_differing_fraction": diff / total, "id_pixels_compared": total}
         rows += [("(c) llvmpipe 64x64, views/s", gl_small), ("(c) llvmpipe 512x512, fps", gl_big),
                  ("(c) llvmpipe 512x512 back-face culled, fps", gl_big_cull),
-                 ("ratio 64x64 (target >= 5)", ours_small / gl_small), ("ratio 512x512 (target >= 3)", ours_big / gl_big),
+                 ("ratio 64x64 (target >= 5)", ours_small / gl_small),
+                 ("ratio 512x512 (target >= 3)", ours_big / gl_big),
                  ("triangle ids differing, fraction", diff / total)]
     if "compile" in result:
         rows += [("cold compile, s", result["compile"]["cold_compile_seconds"]),
                  ("warm start (cache load), s", result["compile"]["warm_compile_seconds"])]
 
     m = result["machine"]
+    m["load_average_at_end"] = list(os.getloadavg())
     print(f"machine: {m['cpu']}, {m['cores']} cores; numba {m['numba']} ({m['numba_threading_layer']}); "
-          f"small scenes ~{tris_small:.0f} tris, big {big.num_triangles} tris")
+          f"small scenes ~{tris_small:.0f} tris, big {big.num_triangles} tris; "
+          f"load average {m['load_average_at_start'][0]:.1f} at start, {m['load_average_at_end'][0]:.1f} at end")
     if gl is not None:
         print(f"OpenGL: {result['opengl']['GL_RENDERER']}")
     width = max(len(r[0]) for r in rows)

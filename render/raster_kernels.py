@@ -609,8 +609,8 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
 
 @njit(cache=True, error_model="numpy")
 def render_view(n, slot, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk,
-                mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
+                scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
                 out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n]) using
     visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32 triangle, (.., 2) float32
@@ -634,29 +634,32 @@ def render_view(n, slot, view_scene, view_M, view_d, view_cam, scene_tri, scene_
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def render_views(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb,
-                 pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
-                 mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
-                 out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+                 pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1,
+                 mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb,
+                 out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles).
     scratch_* hold one visibility buffer per pool thread."""
     for n in prange(view_scene.shape[0]):
-        render_view(n, numba.get_thread_id(), view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
-                    mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b)
+        render_view(n, numba.get_thread_id(), view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
+                    scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
+                    mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i,
+                    maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z,
+                    scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
 def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                        scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
-                        mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                        ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+                        scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
+                        mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
+                        bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
+                        scratch_b):
     """The same as ``render_views`` on one thread (a single view gains nothing from the thread pool)."""
     for n in range(view_scene.shape[0]):
         render_view(n, 0, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
-                    mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                    ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b)
+                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior,
+                    mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
+                    bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
+                    scratch_b)
 
 
 @njit(cache=True, error_model="numpy")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import threading
@@ -84,8 +85,10 @@ def _check_request(width: int, height: int, ssaa: int, views: int = 1, workers: 
 
 
 # --- setup: cameras, lights, shadow-map projections ---------------------------------------------
+@functools.lru_cache(maxsize=4096)
 def _view_arrays(camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World->clip (4, 4), world->view depth (4,) and the camera record (14,) for the kernels."""
+    """World->clip (4, 4), world->view depth (4,) and the camera record (14,) for the kernels.
+    Cached per camera (a frozen value); callers must not modify the arrays."""
     M = camera.projection_matrix() @ camera.view_matrix()
     r, u, f = camera.basis()
     p = np.asarray(camera.position, np.float64)
@@ -257,7 +260,8 @@ class _Packed:
         self.obj_id = c(scene.object_id, np.int32)
         ma = scene.material_arrays()
         self.mtype, self.mtex, self.mchk = c(ma["type"]), c(ma["texture"]), c(ma["checker"])
-        self.mbase, self.mrad, self.mc1, self.mc2 = c(ma["base"]), c(ma["radiance"]), c(ma["checker1"]), c(ma["checker2"])
+        self.mbase, self.mrad = c(ma["base"]), c(ma["radiance"])
+        self.mc1, self.mc2 = c(ma["checker1"]), c(ma["checker2"])
         self.mrough, self.mior, self.mscale = c(ma["roughness"]), c(ma["ior"]), c(ma["checker_scale"])
         self.tri_cull = c((1 - ma["two_sided"])[self.mat_id], np.int32)
         images = [np.asarray(img, np.float32)[..., :3] for img in scene.textures]
@@ -279,7 +283,8 @@ class _Packed:
         self.maps = np.full(max(size, 1), np.inf, np.float32)
         if faces:
             K.render_shadow_maps(self.pos, self.chunks, np.array([(0, T)] * len(faces), np.int64),
-                                 np.array([f[0] for f in faces], np.float64), np.array([f[1] for f in faces], np.float64),
+                                 np.array([f[0] for f in faces], np.float64),
+                                 np.array([f[1] for f in faces], np.float64),
                                  np.array([f[2] for f in faces], np.int64), np.array([f[3] for f in faces], np.int64),
                                  self.maps)
         self.scene_tri = np.array([[0, T]], np.int64)
@@ -325,10 +330,11 @@ class _Packed:
         return self
 
     def kernel_args(self):
+        """The scene arrays in the order ``raster_kernels.render_views`` takes them after the views."""
         return (self.scene_tri, self.scene_light, self.scene_env, self.scene_envtex, self.scene_amb, self.pos,
-                self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase, self.mrad,
-                self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale, self.tex_data,
-                self.tex_info, self.lights_f, self.lights_i, self.maps)
+                self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase,
+                self.mrad, self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale,
+                self.tex_data, self.tex_info, self.lights_f, self.lights_i, self.maps)
 
 
 # A few recently packed scenes (with their shadow maps), so rendering many views of one scene packs

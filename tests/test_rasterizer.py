@@ -8,7 +8,6 @@ Lambert formula, or plain counting.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
