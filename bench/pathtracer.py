@@ -65,6 +65,10 @@ MITSUBA_CHILD = textwrap.dedent("""
     desc["sensor"]["film"]["rfilter"] = {"type": "box"}  # cornell_box() defaults to a Gaussian
     desc["sensor"]["film"]["width"] = desc["sensor"]["film"]["height"] = args["size"]
     desc["integrator"] = {"type": "path", "max_depth": args["depth"]}
+    if args.get("mesh_ply"):  # the mesh scene: the boxes replaced by the same bumpy sphere
+        del desc["small-box"], desc["large-box"]
+        desc["blob"] = {"type": "ply", "filename": args["mesh_ply"], "face_normals": True,
+                        "bsdf": {"type": "ref", "id": "white"}}
     scene = mi.load_dict(desc)
     out = []
     for r in range(args["repeats"] + 1):  # the first render includes the JIT compilation
@@ -78,21 +82,26 @@ MITSUBA_CHILD = textwrap.dedent("""
 """)
 
 
-def mesh_scene(n_tris: int, size: int = 256):
-    """The Cornell box with its two boxes replaced by a bumpy sphere of >= n_tris triangles (white)."""
+def mesh_arrays(n_tris: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bumpy sphere of >= n_tris triangles inside the Cornell box: vertices (V, 3), faces (F, 3)."""
     import trimesh
 
-    import render
-    from render.scene import SceneObject
-
-    base = render.cornell_box(width=size, height=size)
     sub = 0
     while 20 * 4 ** sub < n_tris:
         sub += 1
     ico = trimesh.creation.icosphere(subdivisions=sub)
     v = ico.vertices * (1.0 + 0.08 * np.sin(9 * ico.vertices[:, :1]) * np.cos(7 * ico.vertices[:, 1:2]))
-    v = v * 0.45 + [0.0, -0.5, 0.0]
-    tri = v[ico.faces].astype(np.float32)  # (T, 3, 3); flat shading with face normals
+    return v * 0.45 + [0.0, -0.5, 0.0], np.asarray(ico.faces)
+
+
+def mesh_scene(n_tris: int, size: int = 256):
+    """The Cornell box with its two boxes replaced by a bumpy sphere of >= n_tris triangles (white)."""
+    import render
+    from render.scene import SceneObject
+
+    base = render.cornell_box(width=size, height=size)
+    v, faces = mesh_arrays(n_tris)
+    tri = v[faces].astype(np.float32)  # (T, 3, 3); flat shading with face normals
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     keep = [i for i, o in enumerate(base.objects) if o.name not in ("small_box", "large_box")]
@@ -245,6 +254,18 @@ def main(argv=None) -> dict:
                        "bvh_build_seconds": ms[0]["bvh_seconds"],
                        "paths_per_second": float(np.median([m["paths_per_second"] for m in ms])),
                        "cornell_paths_per_second": ours_pps}
+        if have_mi:
+            import trimesh
+
+            ply = tmp / "blob.ply"
+            v, faces = mesh_arrays(a.mesh_tris)
+            trimesh.Trimesh(v, faces, process=False).export(ply)
+            try:
+                mm = _run_child(MITSUBA_CHILD, {**base, "variant": "llvm_ad_rgb", "repeats": max(1, a.repeats - 1),
+                                                "mesh_ply": str(ply)})
+                res["mesh"]["mitsuba_llvm_paths_per_second"] = float(np.median([m["paths_per_second"] for m in mm[1:]]))
+            except RuntimeError as e:
+                print(f"mitsuba mesh scene failed: {str(e)[-300:]}")
     res["machine"]["load_average_at_end"] = list(os.getloadavg())
 
     # --- table ---
@@ -263,6 +284,10 @@ def main(argv=None) -> dict:
         print(f"mesh scene: {m['triangles']} triangles, BVH {m['bvh_nodes']} nodes depth {m['bvh_depth']} "
               f"built in {m['bvh_build_seconds']:.2f} s; {m['paths_per_second'] / 1e6:.3f} M paths/s "
               f"({m['paths_per_second'] / ours_pps:.2f}x the 36-triangle box)")
+        if "mitsuba_llvm_paths_per_second" in m:
+            mp = m["mitsuba_llvm_paths_per_second"]
+            print(f"  mitsuba llvm_ad_rgb on the mesh scene: {mp / 1e6:.3f} M paths/s (ours / mitsuba "
+                  f"{m['paths_per_second'] / mp:.2f})")
     print(f"load average start {res['machine']['load_average_at_start']}, end {res['machine']['load_average_at_end']}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
