@@ -61,10 +61,11 @@ def _top_left_bias(ax, ay, bx, by):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf, count, mode):
+def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
     """Rasterize one clipped triangle: rows ia, ib, ic of poly (N, 8) float64 hold
     [x, y, z, w, d, b0, b1, b2] (clip position, view depth, barycentrics in the original triangle).
-    Rows are passed by index, not as views, to keep array-view bookkeeping out of the hot loop."""
+    Rows are passed by index, not as views, to keep array-view bookkeeping out of the hot loop.
+    Only pixel rows row0 <= i < row1 are touched (a band of the image)."""
     iwa = 1.0 / poly[ia, 3]
     iwb = 1.0 / poly[ib, 3]
     iwc = 1.0 / poly[ic, 3]
@@ -84,8 +85,8 @@ def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf,
     # Tested first: most small triangles cover no pixel centre at all.
     j0 = max(0, -((HALF_SUB - min_x) // SUBPIXEL))
     j1 = min(width - 1, (max_x - HALF_SUB) // SUBPIXEL)
-    i0 = max(0, -((HALF_SUB - min_y) // SUBPIXEL))
-    i1 = min(height - 1, (max_y - HALF_SUB) // SUBPIXEL)
+    i0 = max(row0, -((HALF_SUB - min_y) // SUBPIXEL))
+    i1 = min(row1 - 1, (max_y - HALF_SUB) // SUBPIXEL)
     if j0 > j1 or i0 > i1:
         return  # viewport culling: the bounding box misses every pixel centre
     area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
@@ -159,7 +160,13 @@ def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, zbuf, tbuf, bbuf,
 
 @njit(cache=True, error_model="numpy")
 def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize triangles ``t0..t1`` of ``pos`` into the buffers.
+    """Rasterize triangles ``t0..t1`` of ``pos`` into the whole image (see ``raster_rows``)."""
+    raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, 0, height, zbuf, tbuf, bbuf, count, mode)
+
+
+@njit(cache=True, error_model="numpy")
+def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize triangles ``t0..t1`` of ``pos`` into pixel rows row0..row1 of the buffers.
 
     pos: (T, 3, 3) float32 world-space corners. chunks: (C, 2, 3) float64 bounds (lo, hi) of
     triangles [k*CHUNK, (k+1)*CHUNK), see ``chunk_bounds``. tri_cull: (T,) int32, 1 = cull back faces.
@@ -233,7 +240,7 @@ def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf
             cull = tri_cull[t] != 0
             crossed = out_any & 63
             if crossed == 0:
-                _raster_triangle(poly, 0, 1, 2, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+                _raster_triangle(poly, 0, 1, 2, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode)
                 continue
             # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
             # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
@@ -259,7 +266,8 @@ def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf
                 if n < 3:
                     break
             for k in range(1, n - 1):
-                _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, zbuf, tbuf, bbuf, count, mode)
+                _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count,
+                                 mode)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -403,8 +411,8 @@ def _shadow_visible(lights_f, lights_i, k, maps, px, py, pz, gx, gy, gz, bias_te
 @njit(cache=True, error_model="numpy")
 def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, env, env_tex, ambient, cam, lights_f, lights_i, l0, l1, maps,
-               shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, zbuf):
-    """Deferred shading and box resolve of one view's visibility buffer.
+               shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, zbuf, row0, row1):
+    """Deferred shading and box resolve of output rows row0..row1 of one view's visibility buffer.
 
     ti: (H*s, W*s) int32 triangle per sample (-1 none); b: (H*s, W*s, 2) float32 (b1, b2);
     zbuf: (H*s, W*s) float32 view depth. cam: (14,) float64 [position, right, up, forward,
@@ -421,7 +429,7 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
     tx = np.empty(3)
     # Scalar accumulators (r, g, b): small arrays here would keep the compiler from holding them
     # in registers.
-    for i in range(hh):
+    for i in range(row0, row1):
         for j in range(ww):
             acc_r = 0.0
             acc_g = 0.0
@@ -629,7 +637,7 @@ def render_view(n, slot, view_scene, view_M, view_d, view_cam, scene_tri, scene_
     shade_view(tbuf, bbuf, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, scene_env[sc], scene_envtex[sc], scene_amb[sc], view_cam[n], lights_f,
                lights_i, scene_light[sc, 0], scene_light[sc, 1], maps, shadows, bias_texels, ssaa, out_rgb[n],
-               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf)
+               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf, 0, out_rgb.shape[1])
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -444,12 +444,15 @@ def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel) -> 
         normal = np.empty((nv, h, w, 3), np.float32)
         albedo = np.empty((nv, h, w, 3), np.float32)
         oid = np.empty((nv, h, w), np.int32)
-        par = parallel and nv > 1
-        kernel = K.render_views if par else K.render_views_serial
-        slots = numba.config.NUMBA_NUM_THREADS if par else 1
-        with _scratch(slots, h * ssaa, w * ssaa) as (sz, st, sb):
-            kernel(view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
-                   float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid, sz, st, sb)
+        threads = numba.get_num_threads()
+        args = (view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows), float(SHADOW_BIAS_TEXELS),
+                int(ssaa), rgb, depth, normal, albedo, oid)
+        if parallel and nv > 1 and threads > 1:
+            with _scratch(numba.config.NUMBA_NUM_THREADS, h * ssaa, w * ssaa) as buffers:
+                K.render_views(*args, *buffers)
+        else:
+            with _scratch(1, h * ssaa, w * ssaa) as buffers:
+                K.render_views_serial(*args, *buffers)
         for m, k in enumerate(ks):
             frames[k] = Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
     return frames  # type: ignore[return-value]
@@ -481,7 +484,9 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     shadows: shadow maps for every light and area sample (False: every light is unoccluded).
     area_samples: point samples standing in for all emitter triangles of each scene.
     shadow_resolution, directional_resolution: cube-face and directional map sides (texels).
-    parallel: render views in parallel (numba prange, one view per task).
+    parallel: render views in parallel (numba prange, one view per task). A single view always runs
+        on one thread: splitting one frame into row bands (``raster_kernels.raster_rows``) measured
+        slower on 2 cores, as issue 3's probes found for tiles.
     Frames of views with the same size are views into one stacked (N, H, W, ...) array per AOV.
     ``meta`` holds renderer, ssaa, shadows, compile_seconds (JIT or cache-load time spent in this
     call, 0 when warm), render_seconds (this call's wall time after compilation, for the whole batch)
@@ -543,9 +548,10 @@ def rasterize(scene: Scene, camera: Camera | None = None, *, ssaa: int = 1, shad
     normal as stored on the mesh (not flipped towards the viewer; 0 background); albedo: base colour
     after texture/checker; object_id: int32, -1 background.
     ssaa: 1, 2 or 4 (box resolve of rgb and albedo; depth, normal and id from one sample near the
-    pixel centre). options: see ``rasterize_batch``.
+    pixel centre). options: see ``rasterize_batch`` (area_samples, shadow_resolution,
+    directional_resolution, parallel).
     """
-    return rasterize_batch([(scene, camera)], ssaa=ssaa, shadows=shadows, parallel=False, **options)[0]
+    return rasterize_batch([(scene, camera)], ssaa=ssaa, shadows=shadows, **options)[0]
 
 
 def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> np.ndarray:
