@@ -157,11 +157,16 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
         emit_cdf[-1] = 1.0
         tri_pdf[emit_tri] = (p_group * pmf / area[emit_tri]).astype(np.float32)
 
-    textures = [np.asarray(t, np.float32)[..., :3] for t in scene.textures]
+    def rgb(img) -> np.ndarray:  # (H, W, 3) float32 from grey, grey+alpha, RGB or RGBA
+        img = np.asarray(img, np.float32)
+        img = img[..., None] if img.ndim == 2 else img
+        return np.repeat(img[..., :1], 3, axis=2) if img.shape[2] < 3 else img[..., :3]
+
+    textures = [rgb(t) for t in scene.textures]
     env_tex = -1
     if env.image is not None and has_env:
         env_tex = len(textures)
-        textures.append(np.asarray(env.image, np.float32)[..., :3])
+        textures.append(rgb(env.image))
     tex_info = np.zeros((max(len(textures), 1), 3), np.int32)
     offset = 0
     for i, t in enumerate(textures):
