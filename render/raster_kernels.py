@@ -494,15 +494,17 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     gx = np.float64(e1y * e2z - e1z * e2y)
                     gy = np.float64(e1z * e2x - e1x * e2z)
                     gz = np.float64(e1x * e2y - e1y * e2x)
-                    gl = math.sqrt(gx * gx + gy * gy + gz * gz)
-                    gx /= gl
-                    gy /= gl
-                    gz /= gl
-                    nl = math.sqrt(nx * nx + ny * ny + nz * nz)
+                    # One division per normalisation: divisions dominate this loop's arithmetic.
+                    inv = 1.0 / math.sqrt(gx * gx + gy * gy + gz * gz)
+                    gx *= inv
+                    gy *= inv
+                    gz *= inv
+                    nl = nx * nx + ny * ny + nz * nz
                     if nl > 0.0:
-                        nx /= nl
-                        ny /= nl
-                        nz /= nl
+                        inv = 1.0 / math.sqrt(nl)
+                        nx *= inv
+                        ny *= inv
+                        nz *= inv
                     else:
                         nx = gx
                         ny = gy
@@ -516,10 +518,10 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     vx = cam[0] - px
                     vy = cam[1] - py
                     vz = cam[2] - pz
-                    vl = math.sqrt(vx * vx + vy * vy + vz * vz)
-                    vx /= vl
-                    vy /= vl
-                    vz /= vl
+                    inv = 1.0 / math.sqrt(vx * vx + vy * vy + vz * vz)
+                    vx *= inv
+                    vy *= inv
+                    vz *= inv
                     front = gx * vx + gy * vy + gz * vz > 0.0
                     if not front:
                         # Non-emitters scatter on both sides: shade the back with flipped normals.
@@ -571,10 +573,10 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                             r2 = wx * wx + wy * wy + wz * wz
                             if r2 <= 0.0:
                                 continue
-                            rl = math.sqrt(r2)
-                            wx /= rl
-                            wy /= rl
-                            wz /= rl
+                            inv = 1.0 / math.sqrt(r2)
+                            wx *= inv
+                            wy *= inv
+                            wz *= inv
                             scale = 1.0 / r2  # inverse-square falloff of intensity (W/sr) to irradiance
                             if lk == L_AREA_SAMPLE:
                                 # Lambertian emitter patch: intensity L*A*cos(theta_e), front side only.
