@@ -337,14 +337,17 @@ def test_same_image_with_one_thread(tmp_path):
     here = trace(scene, spp=4, seed=9).rgb
     out = tmp_path / "one_thread.npy"
     code = textwrap.dedent(f"""
-        import numpy as np, render
+        import numpy as np, render, taichi as ti
         f = render.pathtrace(render.cornell_box(width=24, height=24), spp=4, seed=9, backend="cpu")
         np.save({str(out)!r}, f.rgb)
+        print("THREADS", ti.lang.impl.current_cfg().cpu_max_num_threads)
     """)
     script = tmp_path / "one_thread.py"  # Taichi needs kernels' callers in real files
     script.write_text(code)
     env = {**os.environ, "TI_CPU_MAX_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=os.getcwd(), capture_output=True)
+    p = subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=os.getcwd(), capture_output=True,
+                       text=True)
+    assert "THREADS 1" in p.stdout  # the child really ran on one worker thread
     np.testing.assert_array_equal(np.load(out), here)
 
 
