@@ -1,6 +1,8 @@
 """Benchmark of the path tracer against Mitsuba 3 on the Cornell box (and a >=100k-triangle mesh).
 
     python bench/pathtracer.py [--backend cpu] [--reference PATH] [--repeats 3] [--no-mitsuba]
+    python bench/pathtracer.py --backend gpu --size 512 --mitsuba-variants cuda_ad_rgb,llvm_ad_rgb \
+        --out bench/results/pathtracer_gpu512.json      # on a CUDA machine
 
 Prints a table and writes ``bench/results/pathtracer.json`` (machine, versions, settings, figures):
 paths per second, cold and warm compile time, time from process start to the first pass, RMSE of each
@@ -180,6 +182,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--mesh-tris", type=int, default=100_000, help="triangles of the mesh scene (0: skip)")
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE if DEFAULT_REFERENCE.exists() else None)
     ap.add_argument("--no-mitsuba", action="store_true")
+    ap.add_argument("--mitsuba-variants", default="llvm_ad_rgb,scalar_rgb",
+                    help="comma-separated; the first is the main rival (e.g. cuda_ad_rgb,llvm_ad_rgb on a GPU)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pathtracer.json")
     a = ap.parse_args(argv)
 
@@ -208,7 +212,8 @@ def main(argv=None) -> dict:
     res["start"] = starts
 
     have_mi = not a.no_mitsuba and _have_mitsuba()
-    runs = {"ours": [], "mitsuba llvm_ad_rgb": [], "mitsuba scalar_rgb": []}
+    variants = [v for v in a.mitsuba_variants.split(",") if v]
+    runs = {"ours": [], **{f"mitsuba {v}": [] for v in variants}}
     images = {}
     for rnd in range(a.rounds):
         save = str(tmp / "ours.npy") if rnd == 0 else None
@@ -218,11 +223,11 @@ def main(argv=None) -> dict:
             images["ours"] = np.load(save)
             res["ours_meta"] = ms[0]
         if have_mi:
-            for variant in ("llvm_ad_rgb", "scalar_rgb"):
+            for variant in variants:
                 if variant == "scalar_rgb" and rnd > 0:
                     continue  # slow and steady: one round is enough
                 save = str(tmp / f"{variant}.npy") if rnd == 0 else None
-                reps = a.repeats if variant == "llvm_ad_rgb" else 1
+                reps = 1 if variant == "scalar_rgb" else a.repeats
                 try:
                     ms = _run_child(MITSUBA_CHILD, {**base, "variant": variant, "repeats": reps, "save": save})
                 except RuntimeError as e:
@@ -261,9 +266,10 @@ def main(argv=None) -> dict:
             v, faces = mesh_arrays(a.mesh_tris)
             trimesh.Trimesh(v, faces, process=False).export(ply)
             try:
-                mm = _run_child(MITSUBA_CHILD, {**base, "variant": "llvm_ad_rgb", "repeats": max(1, a.repeats - 1),
+                mm = _run_child(MITSUBA_CHILD, {**base, "variant": variants[0], "repeats": max(1, a.repeats - 1),
                                                 "mesh_ply": str(ply)})
-                res["mesh"]["mitsuba_llvm_paths_per_second"] = float(np.median([m["paths_per_second"] for m in mm[1:]]))
+                res["mesh"]["mitsuba_variant"] = variants[0]
+                res["mesh"]["mitsuba_paths_per_second"] = float(np.median([m["paths_per_second"] for m in mm[1:]]))
             except RuntimeError as e:
                 print(f"mitsuba mesh scene failed: {str(e)[-300:]}")
     res["machine"]["load_average_at_end"] = list(os.getloadavg())
@@ -284,9 +290,9 @@ def main(argv=None) -> dict:
         print(f"mesh scene: {m['triangles']} triangles, BVH {m['bvh_nodes']} nodes depth {m['bvh_depth']} "
               f"built in {m['bvh_build_seconds']:.2f} s; {m['paths_per_second'] / 1e6:.3f} M paths/s "
               f"({m['paths_per_second'] / ours_pps:.2f}x the 36-triangle box)")
-        if "mitsuba_llvm_paths_per_second" in m:
-            mp = m["mitsuba_llvm_paths_per_second"]
-            print(f"  mitsuba llvm_ad_rgb on the mesh scene: {mp / 1e6:.3f} M paths/s (ours / mitsuba "
+        if "mitsuba_paths_per_second" in m:
+            mp = m["mitsuba_paths_per_second"]
+            print(f"  mitsuba {m['mitsuba_variant']} on the mesh scene: {mp / 1e6:.3f} M paths/s (ours / mitsuba "
                   f"{m['paths_per_second'] / mp:.2f})")
     print(f"load average start {res['machine']['load_average_at_start']}, end {res['machine']['load_average_at_end']}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
