@@ -135,9 +135,9 @@ PRESETS: dict[str, GQNConfig] = {
     # The faithful model: tower, 12 unshared steps, 128 hidden, z 3, batch 36, the paper's schedules.
     "paper": GQNConfig(),
     # One shared core, 8 steps, about a quarter of the channels and 3x3 gates; schedules shortened
-    # so that a 30-minute run on a 2-core CPU (~1-2k steps) reaches sigma_end. About 0.7M parameters.
+    # so that a 30-minute run on a busy 2-core CPU (~800 steps) reaches sigma_end. About 0.7M parameters.
     "small": GQNConfig(r_channels=64, h_channels=48, u_channels=32, steps=8, kernel_size=3, shared_core=True,
-                       batch_size=16, sigma_steps=1_500, lr_start=1e-3, lr_end=2e-4, lr_steps=5_000,
+                       batch_size=16, sigma_steps=600, lr_start=1e-3, lr_end=2e-4, lr_steps=5_000,
                        steps_total=5_000, log_every=20, val_every=100, checkpoint_every=100),
     # Trains on a laptop CPU in about a minute (~200 steps): tests and docs. About 0.3M parameters.
     "tiny": GQNConfig(r_channels=32, h_channels=32, u_channels=16, steps=4, kernel_size=3, shared_core=True,

@@ -169,7 +169,11 @@ def batches(data: str | Path, cfg: GQNConfig, start_step: int, rank: int = 0, wo
             ds.set_epoch(epoch)
             loader = DataLoader(ds, batch_size=None, num_workers=num_workers,
                                 sampler=range(b * world + rank, per_epoch * world, world))
-        for batch in loader:
+        # Making a DataLoader iterator draws a seed from the global torch RNG; fork it so that the
+        # latent draws do not depend on where a run was resumed (a resumed run makes one more).
+        with torch.random.fork_rng(devices=[]):
+            it = iter(loader)
+        for batch in it:
             yield epoch, batch
         epoch, b = epoch + 1, 0
 

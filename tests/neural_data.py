@@ -1,46 +1,29 @@
-"""Tiny GQN datasets for the neural tests, rendered with the rasterizer into the shard format.
-
-Written directly with ``render.shards`` so the neural tests do not depend on the dataset CLI.
-"""
+"""Tiny GQN datasets for the neural tests: rooms_ring scenes rendered by the dataset generator
+(rasterizer, 64x64). Each (scenes, views, seed) is rendered once per test process into a temporary
+folder (removed at exit) and shared by test_train.py and test_eval.py."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from render import FAMILIES, rasterize_batch
-from render.image_io import to_srgb8
-from render.shards import write_manifest, write_shard
+_CACHE: dict[tuple[int, int, int], Path] = {}
+_ROOT: list[Path] = []
 
 
-def rooms_dataset(root: str | Path, scenes: int, views: int = 8, seed: int = 0, shard_size: int = 16,
-                  first_seed: int = 0) -> Path:
-    """``scenes`` rooms_ring scenes (seeds first_seed..), ``views`` ring views each, 64x64, raster."""
-    root = Path(root)
-    fam = FAMILIES["rooms_ring"]
-    shards = {}
-    for si, start in enumerate(range(0, scenes, shard_size)):
-        n = min(shard_size, scenes - start)
-        pairs, descs, vps, c2w, fov = [], [], [], [], []
-        for k in range(start, start + n):
-            rng = np.random.default_rng([seed, first_seed + k])
-            desc = fam.describe(rng, width=64, height=64)
-            from render import scene_from_dict
+def rooms_dataset(scenes: int, views: int = 6, seed: int = 0) -> Path:
+    """A folder of ``scenes`` rooms_ring scenes x ``views`` views, 64x64, rasterized. Do not modify it."""
+    key = (scenes, views, seed)
+    if key not in _CACHE:
+        from render.dataset import DatasetConfig, generate
 
-            scene = scene_from_dict(desc)
-            cams = fam.cameras(rng, views, 64, 64)
-            pairs += [(scene, c) for c in cams]
-            descs.append(desc)
-            vps.append([c.viewpoint() for c in cams])
-            c2w.append([c.camera_to_world() for c in cams])
-            fov.append([c.fov for c in cams])
-        frames = rasterize_batch(pairs)
-        imgs = np.stack([to_srgb8(f.rgb) for f in frames]).reshape(n, views, 64, 64, 3)
-        arrays = {"images": imgs, "viewpoints": np.asarray(vps, np.float32),
-                  "cameras": np.asarray(c2w, np.float32), "fov": np.asarray(fov, np.float32)}
-        shards[str(si)] = write_shard(root, si, start, arrays, descs)
-    write_manifest(root, {"format": "trirender-gqn", "version": 1, "scenes": scenes, "views": views,
-                          "image_size": 64, "shard_size": shard_size, "shards": shards, "family": "rooms_ring",
-                          "renderer": "raster"})
-    return root
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="trirender-neural-tests-")))
+            atexit.register(shutil.rmtree, _ROOT[0], True)
+        out = _ROOT[0] / f"rooms-{scenes}x{views}-seed{seed}"
+        generate(DatasetConfig("rooms_ring", scenes, views, size=64, renderer="raster", seed=seed, shard_size=50),
+                 out, progress=False)
+        _CACHE[key] = out
+    return _CACHE[key]

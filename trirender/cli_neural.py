@@ -1,9 +1,193 @@
-"""The neural verbs of the ``trirender`` console script (train, eval, novel), registered by cli.py."""
+"""The neural verbs of the ``trirender`` console script (train, eval, novel), registered by cli.py.
+
+torch is imported inside the commands only, so ``import trirender.cli`` stays light.
+Under torchrun, run the console script itself:
+``torchrun --nproc_per_node 2 $(which trirender) train DATA --out RUN``.
+"""
 
 from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 
+@contextmanager
+def _errors():
+    """Turn the neural layer's errors about bad input into RenderError (one line, exit 2)."""
+    from render.errors import RenderError
+    from render.shards import ShardError
+
+    try:
+        yield
+    except RenderError:
+        raise
+    except (ShardError, ValueError, FileNotFoundError) as exc:
+        raise RenderError(str(exc)) from None
+    except RuntimeError as exc:
+        from neural.train import TrainingError
+
+        if isinstance(exc, TrainingError):
+            raise RenderError(str(exc)) from None
+        raise
+
+
+def _contexts(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}; expected comma-separated context sizes such as 1,3,5") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"{text!r}; expected context sizes >= 1 such as 1,3,5")
+    return ks
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from render.image_io import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def register(app: typer.Typer) -> None:
     """Add the neural verbs to ``app``."""
+
+    @app.command("train")
+    def train_cmd(
+        data: Path = typer.Argument(..., help="Dataset folder (trirender dataset generate)."),
+        out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, logs."),
+        preset: str = typer.Option("small", help="paper, small or tiny."),
+        steps: Optional[int] = typer.Option(None, help="Total steps to reach (default: the preset's steps_total)."),
+        batch: Optional[int] = typer.Option(None, help="Scenes per step per process (default: the preset's)."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+        set_: List[str] = typer.Option([], "--set", help="Override a config field, FIELD=VALUE (repeatable)."),
+        minutes: float = typer.Option(0.0, help="Stop with a checkpoint after this many minutes (0: no limit)."),
+        amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on for CUDA)."),
+        channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU)."),
+        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        threads: int = typer.Option(0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
+        val: Optional[Path] = typer.Option(None, help="Dataset for the validation batch (default: DATA)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    ):
+        """Train a GQN on a dataset folder (resumable; torchrun for several processes)."""
+        with _errors():
+            from neural.train import Runtime, parse_overrides, resolve_config, train
+
+            if not data.is_dir():
+                raise typer.BadParameter(f"{data}: not a folder; expected a dataset made by `trirender dataset generate`")
+            cfg = None
+            if not resume:
+                cfg = resolve_config(preset)
+                overrides = parse_overrides(list(set_), cfg)
+                if batch is not None:
+                    overrides["batch_size"] = batch
+                cfg = cfg.override(**overrides) if overrides else cfg
+            elif set_ or batch is not None:
+                raise typer.BadParameter("--set/--batch cannot change a run being resumed (its config.json is used)")
+            rt = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile_, num_workers=workers,
+                         progress=progress, threads=threads, time_limit_s=minutes * 60.0)
+            s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val)
+        import os
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            how = "interrupted" if s["interrupted"] else ("time limit" if s.get("time_limit_reached") else "done")
+            print(f"{how}: step {s['steps']}, loss {s['loss']:.1f} (nll {s['nll']:.1f}, kl {s['kl']:.2f}), "
+                  f"val PSNR {s['val_psnr']:.2f} dB, {s['seconds']:.0f}s; run in {out}")
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    @app.command("eval")
+    def eval_cmd(
+        run: Path = typer.Argument(..., help="Run folder written by trirender train."),
+        data: Path = typer.Option(..., "--data", help="Held-out dataset folder."),
+        context: str = typer.Option("1,3,5", help="Context sizes, comma-separated."),
+        samples: int = typer.Option(4, help="Prior samples per query (mean-of-N and best-of-N)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+        scenes: Optional[int] = typer.Option(None, help="Use only the first N scenes."),
+        seed: int = typer.Option(0, help="Seed of the query/context choice and the samples."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+    ):
+        """PSNR/SSIM of the model vs nearest-view and mean-image baselines, per context size."""
+        ks = _contexts(context)
+        if samples < 1:
+            raise typer.BadParameter(f"--samples {samples}; expected >= 1")
+        with _errors():
+            from neural.evaluate import evaluate, table
+
+            report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device)
+        print(table(report))
+        if json_out:
+            _write_json(json_out, report)
+            print(f"wrote {json_out}")
+
+    @app.command("novel")
+    def novel_cmd(
+        run: Path = typer.Argument(..., help="Run folder written by trirender train."),
+        out: Path = typer.Option(Path("orbit.gif"), "--out", help="The orbit GIF."),
+        scene: Optional[str] = typer.Option(None, help="A scene file (.toml or mesh) or built-in family name."),
+        data: Optional[Path] = typer.Option(None, help="A dataset folder (with --index)."),
+        index: int = typer.Option(0, help="Scene index in --data."),
+        context: int = typer.Option(3, help="Context views."),
+        orbit_frames: int = typer.Option(36, "--orbit", help="Frames in the orbit."),
+        samples: int = typer.Option(8, help="Prior samples per frame (mean shown, std as uncertainty)."),
+        path_spp: int = typer.Option(0, help="Path tracer ground truth at this spp (0: off; slow on a CPU)."),
+        strip_out: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip (every 6th frame)."),
+        seed: int = typer.Option(0, help="Seed of the context views (--scene) and the samples."),
+    ):
+        """Orbit GIF of novel views: generator beside rasterizer (and path tracer) and uncertainty."""
+        if (scene is None) == (data is None):
+            raise typer.BadParameter("give exactly one of --scene SCENE or --data DIR --index I")
+        if context < 1 or orbit_frames < 1 or samples < 1:
+            raise typer.BadParameter("--context, --orbit and --samples must be >= 1")
+        with _errors():
+            import numpy as np
+
+            from neural import novel
+
+            model, cfg = novel.load_run(run)
+            size = cfg.image_size
+            raster_options: dict = {}
+            if scene is not None:
+                from render import FAMILIES, load_scene
+
+                s = load_scene(scene, seed=seed) if scene in FAMILIES else load_scene(scene)
+                ctx, vps = novel.context_from_scene(s, context, size, seed)
+            else:
+                from neural.data import SceneViews
+                from render import scene_from_dict
+                from render.shards import read_scene_records
+
+                views = SceneViews(data)
+                if not 0 <= index < views.num_scenes:
+                    raise typer.BadParameter(f"--index {index}; {data} has scenes 0..{views.num_scenes - 1}")
+                if context > views.views:
+                    raise typer.BadParameter(f"--context {context}; {data} has {views.views} views per scene")
+                shard = index // views.shard_size
+                rec = read_scene_records(data, shard)[index - shard * views.shard_size]
+                desc = rec["description"] if "description" in rec else rec
+                settings = views.manifest.get("render_settings", {})
+                if "shadow_map" in settings:  # re-render ground truth as the dataset was rendered
+                    raster_options = {"shadow_resolution": int(settings["shadow_map"]),
+                                      "directional_resolution": 2 * int(settings["shadow_map"]),
+                                      "ssaa": int(settings.get("ssaa", 1))}
+                s = scene_from_dict(desc, source=f"{data}[{index}]")
+                imgs, vp = views.gather(np.asarray([index]), np.arange(context)[None])
+                ctx, vps = imgs[0], vp[0]
+            o = novel.orbit(model, s, ctx, vps, frames=orbit_frames, samples=samples, path_spp=path_spp, seed=seed,
+                            raster_options=raster_options)
+            novel.write_gif(out, novel.figure_frames(o))
+            if strip_out:
+                import imageio.v3 as iio
+
+                strip_out.parent.mkdir(parents=True, exist_ok=True)
+                iio.imwrite(strip_out, novel.strip(o))
+        print(f"wrote {out} ({orbit_frames} frames; mean PSNR vs raster {sum(o.psnr_raster) / len(o.psnr_raster):.2f} dB"
+              + ("" if path_spp else "; path tracer off, --path-spp N to add it") + ")")
+

@@ -1,0 +1,141 @@
+"""Training: every preset runs, the tiny preset learns, resume is bit-identical, torchrun + gloo works,
+a non-finite loss stops cleanly. Datasets are rooms_ring scenes rasterized into tmp folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neural.evaluate import evaluate
+from neural.model import GQN, PRESETS
+from neural.train import CHECKPOINT, Runtime, TrainingError, load_checkpoint, train, validation_batch
+from neural.data import to_model
+
+from neural_data import rooms_dataset
+
+RT = Runtime(progress=False, threads=1, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def rooms():
+    """(train, held-out) rooms_ring datasets: 96 and 16 scenes, 6 views each, 64x64 raster."""
+    return rooms_dataset(96, views=6, seed=0), rooms_dataset(16, views=6, seed=1)
+
+
+@pytest.mark.parametrize("preset", ["paper", "small", "tiny"])
+def test_every_preset_builds_and_runs_one_step(rooms, tmp_path, preset):
+    cfg = PRESETS[preset].override(batch_size=1 if preset == "paper" else 2, max_context=2)
+    s = train(rooms[0], tmp_path / preset, cfg, steps=1, runtime=Runtime(progress=False, threads=1,
+                                                                         tensorboard=preset == "tiny"))
+    assert s["steps"] == 1 and np.isfinite(s["loss"])
+    saved = json.loads((tmp_path / preset / "config.json").read_text())
+    assert saved == cfg.to_dict()  # the resolved config sits next to the outputs
+    assert load_checkpoint(tmp_path / preset)["step"] == 1
+    rows = list(csv.DictReader(open(tmp_path / preset / "metrics.csv")))
+    assert rows[-1]["step"] == "1" and float(rows[-1]["sigma"]) == cfg.sigma_start
+    if preset == "tiny":
+        assert any((tmp_path / preset / "tb").iterdir()), "TensorBoard event file"
+        assert (tmp_path / preset / "val.png").is_file()
+
+
+def test_tiny_preset_learns_and_beats_the_mean_image(rooms, tmp_path):
+    train_dir, test_dir = rooms
+    cfg = PRESETS["tiny"]
+    val = to_model(validation_batch(test_dir, cfg), "cpu")
+
+    def fixed_sigma_loss(model):  # the ELBO at one sigma, so the annealing does not fake progress
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(model(val["context_images"], val["context_viewpoints"], val["query_image"],
+                               val["query_viewpoint"], cfg.sigma_end)["loss"])
+
+    torch.manual_seed(cfg.seed)
+    before = fixed_sigma_loss(GQN(cfg).eval())  # the same initial weights train() starts from
+    s = train(train_dir, tmp_path / "run", cfg, runtime=RT)
+    from neural.train import build_model
+
+    model, _, _ = build_model(tmp_path / "run")
+    after = fixed_sigma_loss(model)
+    assert after < 0.8 * before, (before, after)
+    report = evaluate(tmp_path / "run", test_dir, contexts=(3,), samples=2)
+    r = report["context_3"]
+    assert r["model"]["psnr"] > r["mean_image"]["psnr"] + 0.3, r
+    assert s["steps"] == cfg.steps_total
+
+
+def _state(run: Path):
+    ck = load_checkpoint(run)
+    return ck["step"], ck["model"], ck["optimizer"]["state"], ck["rng"][0]["torch"]
+
+
+def test_resume_after_an_interrupt_continues_bit_identically(rooms, tmp_path):
+    cfg = PRESETS["tiny"].override(batch_size=4, checkpoint_every=2, log_every=1, val_every=3)
+    train(rooms[0], tmp_path / "straight", cfg, steps=7, runtime=RT)
+
+    def interrupt(step):  # a real SIGINT, handled like Ctrl-C: the step finishes, a checkpoint is written
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    first = train(rooms[0], tmp_path / "resumed", cfg, steps=7, runtime=RT, on_step=interrupt)
+    assert first["interrupted"] and first["steps"] == 3
+    assert load_checkpoint(tmp_path / "resumed")["step"] == 3
+    second = train(rooms[0], tmp_path / "resumed", None, steps=7, resume=True, runtime=RT)
+    assert second["steps"] == 7 and not second["interrupted"]
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
+    assert a[0] == b[0] == 7
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+    for i in a[2]:
+        for k in a[2][i]:
+            assert torch.equal(a[2][i][k], b[2][i][k]), (i, k)
+    assert torch.equal(a[3], b[3])
+    rows = lambda run: [(r["step"], r["loss"], r["kl"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
+    assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(rooms, tmp_path, monkeypatch):
+    import neural.train as nt
+
+    cfg = PRESETS["tiny"].override(batch_size=2, checkpoint_every=2)
+    real = nt.sigma_at
+    monkeypatch.setattr(nt, "sigma_at", lambda c, step: float("nan") if step >= 4 else real(c, step))
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 5.*checkpoint.*step 4"):
+        train(rooms[0], tmp_path / "run", cfg, steps=10, runtime=RT)
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(rooms, tmp_path):
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    train(rooms[0], tmp_path / "run", cfg, steps=1, runtime=RT)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(rooms[0], tmp_path / "run", cfg, steps=2, runtime=RT)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(rooms[0], tmp_path / "none", None, resume=True, runtime=RT)
+
+
+def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
+    exe = shutil.which("trirender")
+    assert exe, "the trirender console script is installed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", exe, "train",
+           str(rooms[0]), "--out", str(tmp_path / "ddp"), "--preset", "tiny", "--steps", "2", "--batch", "2",
+           "--device", "cpu", "--no-progress", "--threads", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "done: step 2" in p.stdout
+    ck = load_checkpoint(tmp_path / "ddp")
+    assert ck["step"] == 2 and len(ck["rng"]) == 2  # both processes' RNG states
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each process its own latents
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
