@@ -237,6 +237,16 @@ def _scene_lights(scene: Scene, pos: np.ndarray, shadows: bool, area_samples: in
     return lights_f, lights_i, faces, offset
 
 
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 from a grey (H, W), (H, W, 1), grey+alpha or RGB(A) image."""
+    a = np.asarray(img, np.float32)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[2] < 3:
+        a = np.repeat(a[..., :1], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
+
+
 # --- packing ------------------------------------------------------------------------------------
 class _Packed:
     """Scenes packed into the flat arrays the kernels take (one scene, or a batch's distinct scenes
@@ -264,12 +274,12 @@ class _Packed:
         self.mc1, self.mc2 = c(ma["checker1"]), c(ma["checker2"])
         self.mrough, self.mior, self.mscale = c(ma["roughness"]), c(ma["ior"]), c(ma["checker_scale"])
         self.tri_cull = c((1 - ma["two_sided"])[self.mat_id], np.int32)
-        images = [np.asarray(img, np.float32)[..., :3] for img in scene.textures]
+        images = [_rgb(img) for img in scene.textures]
         e = scene.environment
         rad = np.asarray(e.radiance, np.float64)
         envtex, amb = -1, rad
         if e.image is not None:
-            env_img = np.asarray(e.image, np.float32)[..., :3]
+            env_img = _rgb(e.image)
             envtex, amb = len(images), rad * env_img.reshape(-1, 3).mean(axis=0)
             images.append(env_img)
         sizes = [im.shape[0] * im.shape[1] for im in images]
