@@ -61,22 +61,22 @@ def _top_left_bias(ax, ay, bx, by):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize one clipped triangle: rows ia, ib, ic of poly (N, 8) float64 hold
-    [x, y, z, w, d, b0, b1, b2] (clip position, view depth, barycentrics in the original triangle).
-    Rows are passed by index, not as views, to keep array-view bookkeeping out of the hot loop.
+def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc, dc, c1, c2, t, cull, width, height,
+                     row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize one (clipped) triangle given per corner its clip x, y, w, view depth d and
+    barycentrics (b1, b2) in the original triangle; inlined, so corners travel as scalars.
     Only pixel rows row0 <= i < row1 are touched (a band of the image)."""
-    iwa = 1.0 / poly[ia, 3]
-    iwb = 1.0 / poly[ib, 3]
-    iwc = 1.0 / poly[ic, 3]
+    iwa = 1.0 / wa
+    iwb = 1.0 / wb
+    iwc = 1.0 / wc
     sub_w = width * SUBPIXEL * 0.5
     sub_h = height * SUBPIXEL * 0.5
-    x0 = np.int64(math.floor((poly[ia, 0] * iwa + 1.0) * sub_w + 0.5))
-    y0 = np.int64(math.floor((1.0 - poly[ia, 1] * iwa) * sub_h + 0.5))
-    x1 = np.int64(math.floor((poly[ib, 0] * iwb + 1.0) * sub_w + 0.5))
-    y1 = np.int64(math.floor((1.0 - poly[ib, 1] * iwb) * sub_h + 0.5))
-    x2 = np.int64(math.floor((poly[ic, 0] * iwc + 1.0) * sub_w + 0.5))
-    y2 = np.int64(math.floor((1.0 - poly[ic, 1] * iwc) * sub_h + 0.5))
+    x0 = np.int64(math.floor((xa * iwa + 1.0) * sub_w + 0.5))
+    y0 = np.int64(math.floor((1.0 - ya * iwa) * sub_h + 0.5))
+    x1 = np.int64(math.floor((xb * iwb + 1.0) * sub_w + 0.5))
+    y1 = np.int64(math.floor((1.0 - yb * iwb) * sub_h + 0.5))
+    x2 = np.int64(math.floor((xc * iwc + 1.0) * sub_w + 0.5))
+    y2 = np.int64(math.floor((1.0 - yc * iwc) * sub_h + 0.5))
     min_x = min(x0, min(x1, x2))
     max_x = max(x0, max(x1, x2))
     min_y = min(y0, min(y1, y2))
@@ -96,14 +96,18 @@ def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, row0, row1, zbuf,
     if area > 0:
         if cull:
             return
-        q0, q1, q2 = ia, ib, ic
         w0, w1, w2 = iwa, iwb, iwc
+        d0, d1, d2 = da, db, dc
+        b01, b11, b21 = a1, b1, c1
+        b02, b12, b22 = a2, b2, c2
     else:
         # Reorder to positive area so that "inside" means all edge functions >= 0.
         area = -area
         x1, y1, x2, y2 = x2, y2, x1, y1
-        q0, q1, q2 = ia, ic, ib
         w0, w1, w2 = iwa, iwc, iwb
+        d0, d1, d2 = da, dc, db
+        b01, b11, b21 = a1, c1, b1
+        b02, b12, b22 = a2, c2, b2
     # Edge k is opposite vertex k: e0 = v1->v2, e1 = v2->v0, e2 = v0->v1; E_ab(p) = (b-a) x (p-a).
     px = j0 * SUBPIXEL + HALF_SUB
     py = i0 * SUBPIXEL + HALF_SUB
@@ -120,15 +124,6 @@ def _raster_triangle(poly, ia, ib, ic, t, cull, width, height, row0, row1, zbuf,
     bias1 = _top_left_bias(x2, y2, x0, y0)
     bias2 = _top_left_bias(x0, y0, x1, y1)
     inv_area = 1.0 / area
-    d0 = poly[q0, 4]
-    d1 = poly[q1, 4]
-    d2 = poly[q2, 4]
-    b01 = poly[q0, 6]
-    b11 = poly[q1, 6]
-    b21 = poly[q2, 6]
-    b02 = poly[q0, 7]
-    b12 = poly[q1, 7]
-    b22 = poly[q2, 7]
     for i in range(i0, i1 + 1):
         e0 = r0
         e1 = r1
@@ -189,15 +184,22 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
     m20, m21, m22, m23 = M[2, 0], M[2, 1], M[2, 2], M[2, 3]
     m30, m31, m32, m33 = M[3, 0], M[3, 1], M[3, 2], M[3, 3]
     d0, d1, d2, d3 = dvec[0], dvec[1], dvec[2], dvec[3]
+    pf = pos.reshape((-1, 3))  # (3T, 3) corners
+    cx = np.empty(3 * CHUNK)
+    cy = np.empty(3 * CHUNK)
+    cz = np.empty(3 * CHUNK)
+    cw = np.empty(3 * CHUNK)
+    cd = np.empty(3 * CHUNK)
+    codes = np.empty(3 * CHUNK, np.int64)
     for ch in range(t0 // CHUNK, (t1 + CHUNK - 1) // CHUNK):
         # Skip a chunk whose bounding box lies outside one plane of the view frustum.
         box_all = 15 + 16
-        for cx in range(2):
-            for cy in range(2):
-                for cz in range(2):
-                    px = chunks[ch, cx, 0]
-                    py = chunks[ch, cy, 1]
-                    pz = chunks[ch, cz, 2]
+        for bx in range(2):
+            for by in range(2):
+                for bz in range(2):
+                    px = chunks[ch, bx, 0]
+                    py = chunks[ch, by, 1]
+                    pz = chunks[ch, bz, 2]
                     x = m00 * px + m01 * py + m02 * pz + m03
                     y = m10 * px + m11 * py + m12 * pz + m13
                     z = m20 * px + m21 * py + m22 * pz + m23
@@ -205,43 +207,49 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
                     box_all &= (x > w) * 1 + (x < -w) * 2 + (y > w) * 4 + (y < -w) * 8 + (z + w < 0.0) * 16
         if box_all != 0:
             continue
-        for t in range(max(t0, ch * CHUNK), min(t1, (ch + 1) * CHUNK)):
-            # Transform, reject, clip if needed, rasterize (inline: a call per triangle costs more
-            # than the work for the many small triangles).
-            out_all = 1023
-            out_any = 0
-            for k in range(3):
-                px = np.float64(pos[t, k, 0])
-                py = np.float64(pos[t, k, 1])
-                pz = np.float64(pos[t, k, 2])
-                x = m00 * px + m01 * py + m02 * pz + m03
-                y = m10 * px + m11 * py + m12 * pz + m13
-                z = m20 * px + m21 * py + m22 * pz + m23
-                w = m30 * px + m31 * py + m32 * pz + m33
-                # Outcode bits in the order of ``planes``.
-                # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
-                # sides, used only to reject (the guard band makes clipping against them unnecessary).
-                code = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
+        tb = max(t0, ch * CHUNK)
+        te = min(t1, (ch + 1) * CHUNK)
+        # Transform the chunk's corners in one straight loop (the compiler can vectorise it).
+        for v in range(3 * (te - tb)):
+            q = 3 * tb + v
+            px = np.float64(pf[q, 0])
+            py = np.float64(pf[q, 1])
+            pz = np.float64(pf[q, 2])
+            x = m00 * px + m01 * py + m02 * pz + m03
+            y = m10 * px + m11 * py + m12 * pz + m13
+            z = m20 * px + m21 * py + m22 * pz + m23
+            w = m30 * px + m31 * py + m32 * pz + m33
+            cx[v] = x
+            cy[v] = y
+            cz[v] = z
+            cw[v] = w
+            cd[v] = d0 * px + d1 * py + d2 * pz + d3
+            # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
+            # sides, used only to reject (the guard band makes clipping against them unnecessary).
+            codes[v] = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
                         + (y + g * w < 0.0) * 16 + (g * w - y < 0.0) * 32
                         + (x > w) * 64 + (x < -w) * 128 + (y > w) * 256 + (y < -w) * 512)
-                out_all &= code
-                out_any |= code
-                poly[k, 0] = x
-                poly[k, 1] = y
-                poly[k, 2] = z
-                poly[k, 3] = w
-                poly[k, 4] = d0 * px + d1 * py + d2 * pz + d3
+        for t in range(tb, te):
+            v = 3 * (t - tb)
+            if codes[v] & codes[v + 1] & codes[v + 2]:
+                continue  # every corner outside one plane
+            cull = tri_cull[t] != 0
+            crossed = (codes[v] | codes[v + 1] | codes[v + 2]) & 63
+            if crossed == 0:
+                _raster_triangle(cx[v], cy[v], cw[v], cd[v], 0.0, 0.0, cx[v + 1], cy[v + 1], cw[v + 1], cd[v + 1],
+                                 1.0, 0.0, cx[v + 2], cy[v + 2], cw[v + 2], cd[v + 2], 0.0, 1.0, t, cull, width,
+                                 height, row0, row1, zbuf, tbuf, bbuf, count, mode)
+                continue
+            for k in range(3):
+                poly[k, 0] = cx[v + k]
+                poly[k, 1] = cy[v + k]
+                poly[k, 2] = cz[v + k]
+                poly[k, 3] = cw[v + k]
+                poly[k, 4] = cd[v + k]
                 poly[k, 5] = 0.0
                 poly[k, 6] = 0.0
                 poly[k, 7] = 0.0
                 poly[k, 5 + k] = 1.0
-            if out_all != 0:
-                continue  # every corner outside one plane
-            cull = tri_cull[t] != 0
-            crossed = out_any & 63
-            if crossed == 0:
-                _raster_triangle(poly, 0, 1, 2, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode)
-                continue
             # Sutherland-Hodgman in homogeneous space: new corners interpolate every column linearly,
             # which is exact for clip coords, view depth and barycentrics (all affine in the triangle).
             n = 3
@@ -266,8 +274,10 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
                 if n < 3:
                     break
             for k in range(1, n - 1):
-                _raster_triangle(poly, 0, k, k + 1, t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count,
-                                 mode)
+                _raster_triangle(poly[0, 0], poly[0, 1], poly[0, 3], poly[0, 4], poly[0, 6], poly[0, 7],
+                                 poly[k, 0], poly[k, 1], poly[k, 3], poly[k, 4], poly[k, 6], poly[k, 7],
+                                 poly[k + 1, 0], poly[k + 1, 1], poly[k + 1, 3], poly[k + 1, 4], poly[k + 1, 6],
+                                 poly[k + 1, 7], t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
