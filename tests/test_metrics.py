@@ -98,3 +98,14 @@ def test_compare_cli_bad_arguments(tmp_path):
     res = run("render", "cornell_box", "--renderer", "opengl")
     assert res.returncode == 2 and "opengl" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_convergence_cli(tmp_path):
+    res = run("convergence", "cornell_box", "--max-spp", "4", "--width", "24", "--height", "24",
+              "--out", str(tmp_path / "conv.png"), "--json", str(tmp_path / "conv.json"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "conv.json").read_text())
+    assert data["spp"] == [1, 2, 4] and data["reference"] == "path tracer, 64 spp"
+    assert all(0 < r < 1 for r in data["rmse"]) and data["rmse"][2] < data["rmse"][0]  # 4x the samples: ~half the error
+    assert 0 < data["raster_rmse"] < 1
+    assert (tmp_path / "conv.png").stat().st_size > 5000

@@ -267,7 +267,7 @@ def convergence_cmd(
     s = _load(scene, seed)
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
-    ref_note = str(reference)
+    ref_note = reference.name if reference else ""
     if ref is None:
         ref_spp = 16 * max_spp
         out.print(f"rendering our own reference at {ref_spp} spp (pass --reference to skip)")
