@@ -153,6 +153,10 @@ def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc,
         r2 += sy2
 
 
+# The clipping path is rare: an out-of-line copy there keeps compile time down.
+_raster_clipped = njit(cache=True, error_model="numpy")(_raster_triangle.py_func)
+
+
 @njit(cache=True, error_model="numpy")
 def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
     """Rasterize triangles ``t0..t1`` of ``pos`` into the whole image (see ``raster_rows``)."""
@@ -274,7 +278,7 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
                 if n < 3:
                     break
             for k in range(1, n - 1):
-                _raster_triangle(poly[0, 0], poly[0, 1], poly[0, 3], poly[0, 4], poly[0, 6], poly[0, 7],
+                _raster_clipped(poly[0, 0], poly[0, 1], poly[0, 3], poly[0, 4], poly[0, 6], poly[0, 7],
                                  poly[k, 0], poly[k, 1], poly[k, 3], poly[k, 4], poly[k, 6], poly[k, 7],
                                  poly[k + 1, 0], poly[k + 1, 1], poly[k + 1, 3], poly[k + 1, 4], poly[k + 1, 6],
                                  poly[k + 1, 7], t, cull, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode)
