@@ -489,7 +489,8 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     """Render many (scene, camera) pairs in one call; returns one ``Frame`` per pair, in order.
 
     pairs: (Scene, Camera or None for the scene's own camera). Views may differ in size and scene;
-        pairs sharing a scene object share its packing and shadow maps (built once per call).
+        a scene's packed arrays and shadow maps are built once and kept for the 8 most recently
+        used (scene, settings), so many views of one scene, in one call or many, pay for them once.
     ssaa: 1, 2 or 4 samples per pixel side, box-resolved.
     shadows: shadow maps for every light and area sample (False: every light is unoccluded).
     area_samples: point samples standing in for all emitter triangles of each scene.
