@@ -79,6 +79,11 @@ def write_shard(root: str | Path, index: int, first_scene: int, arrays: dict[str
         for f in tmp.iterdir():  # data on disk before the rename makes the shard visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        from .image_io import _umask
+
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared dataset must be readable
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -57,3 +57,12 @@ def test_writes_are_atomic(tmp_path):
         write_image(target, np.ones((2, 2, 5), np.float32))  # refused: the old file must survive
     np.testing.assert_array_equal(read_image(target), np.ones((2, 2, 3), np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.exr"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    write_image(tmp_path / "a.png", np.zeros((2, 2, 3), np.float32))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~mask
