@@ -18,12 +18,10 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -144,22 +142,15 @@ def _rmse(img: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for mod in ("numpy", "numba", "taichi", "mitsuba", "drjit", "trimesh"):
-        try:
-            m = __import__(mod)
-            v = getattr(m, "__version__", None)
-            out[mod] = ".".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
-        except Exception:
-            out[mod] = None
-    return out
+    from bench.common import versions
+
+    return versions("mitsuba", "drjit", "trimesh")
 
 
 def _machine() -> dict:
-    from render.pathtracer import _cpu_name
+    from bench.common import machine
 
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "load_average_at_start": list(os.getloadavg())}
+    return machine()
 
 
 def _have_mitsuba() -> bool:

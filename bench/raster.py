@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -201,26 +200,16 @@ def compile_times() -> dict:
 
 
 def machine() -> dict:
+    """bench.common's machine and versions, plus the OpenGL side's."""
     import numba
 
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "numba_threading_layer": None}
-    try:
-        import moderngl
+    from bench.common import machine as common_machine, versions
 
-        info["moderngl"] = moderngl.__version__
-    except ImportError:
-        info["moderngl"] = None
-    return info
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = None
+    return {**common_machine(), **versions("moderngl"), "numba_threading_layer": layer}
 
 
 def main(argv=None) -> dict:

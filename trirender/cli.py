@@ -165,7 +165,8 @@ def render_cmd(
 
 
 # --- compare --------------------------------------------------------------------------------------
-def _reference(path: Optional[Path], cam) -> "np.ndarray | None":
+def _reference(path: Optional[Path], cam):
+    """The reference image (linear float32 (H, W, 3)) checked against the camera's size, or None."""
     from render import RenderError, read_image
 
     if path is None:
@@ -208,7 +209,7 @@ def compare_cmd(
     """Render a scene with both renderers and write a side-by-side picture with the metrics."""
     import numpy as np  # noqa: F401
 
-    from render import RenderError, compare, pathtrace, rasterize
+    from render import compare, pathtrace, rasterize
     from render.metrics import compare_picture, footer_text
 
     if ssaa not in (1, 2, 4):
