@@ -1,0 +1,166 @@
+"""Training throughput of the GQN presets: iterations/s, images/s and peak memory.
+
+    python bench/train.py                       # every preset on the CPU (and the GPU if present)
+    python bench/train.py --presets paper --batch 36 --device cuda --amp --channels-last --compile
+
+Each (preset, device) runs in its own process, so peak memory is that configuration's alone: peak
+resident set size on the CPU (ru_maxrss, includes the Python/torch baseline, printed separately),
+``torch.cuda.max_memory_allocated`` on a GPU. A step is a full training step (forward, ELBO,
+backward, Adam) on random images with K = 3 context views; ``--warmup`` steps are not timed.
+Results go to ``bench/results/train.json`` with the machine, versions and settings.
+The anchor of the issue: public PyTorch GQNs report ~3 it/s (RTX 3090) and ~5 it/s (V100) for the
+faithful model at batch 36; the target is >= 15 it/s for ``paper`` at batch 36 on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool, channels_last: bool,
+        compile_: bool, threads: int) -> dict:
+    """Time one configuration in this process."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from neural.model import GQN, PRESETS, count_parameters
+
+    if threads:
+        torch.set_num_threads(threads)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg = PRESETS[preset].override(batch_size=batch)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GQN(cfg).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    fwd = torch.compile(model) if compile_ else model
+    k = 3
+    cx = torch.rand(batch, k, 3, 64, 64, device=dev)
+    cv = torch.randn(batch, k, 7, device=dev)
+    xq = torch.rand(batch, 3, 64, 64, device=dev)
+    vq = torch.randn(batch, 7, device=dev)
+    if channels_last:
+        xq = xq.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def step():
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if amp else torch.autocast(dev.type, enabled=False)
+        with ctx:
+            out = fwd(cx, cv, xq, vq, 1.0)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    med = sorted(times)[len(times) // 2]
+    res = {"preset": preset, "batch": batch, "device": str(dev), "amp_bf16": amp, "channels_last": channels_last,
+           "compile": compile_, "steps_timed": steps, "warmup": warmup, "parameters": count_parameters(model),
+           "seconds_per_step_median": med, "seconds_per_step_min": min(times),
+           "it_per_s": 1.0 / med, "images_per_s": batch / med, "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        res["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        res["card"] = torch.cuda.get_device_name(dev)
+    else:
+        res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["baseline_rss_mib"] = base_rss
+    return res
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": load, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", default="tiny,small,paper")
+    ap.add_argument("--batch", type=int, default=0, help="0: each preset's own batch size")
+    ap.add_argument("--device", default="all", help="cpu, cuda or all (cpu, and cuda when present)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (GPU runs always add an amp row)")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
+    args = ap.parse_args()
+    if args.one:
+        p = json.loads(args.one)
+        print("RESULT " + json.dumps(one(**p)))
+        return
+    import torch
+
+    from neural.model import PRESETS  # noqa: F401  (fail early on a bad checkout)
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    rows = []
+    for dev in devices:
+        for preset in args.presets.split(","):
+            batch = args.batch or PRESETS[preset].batch_size
+            variants = [(args.amp, args.channels_last, args.compile)]
+            if dev == "cuda" and not args.amp:
+                variants.append((True, True, args.compile))
+            for amp, cl, comp in variants:
+                p = {"preset": preset, "batch": batch, "device": dev, "steps": args.steps, "warmup": args.warmup,
+                     "amp": amp, "channels_last": cl, "compile_": comp, "threads": args.threads}
+                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p)], capture_output=True, text=True,
+                                      cwd=ROOT)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    print(f"{preset} {dev}: failed\n{proc.stderr[-2000:]}")
+                    continue
+                r = json.loads(line[0][7:])
+                rows.append(r)
+                mem = f"{r['peak_memory_mib']:.0f} MiB GPU" if "peak_memory_mib" in r else f"{r['peak_rss_mib']:.0f} MiB RSS"
+                print(f"{preset:6s} {dev:4s} batch {batch:3d} amp {amp!s:5s}: {r['it_per_s']:.3f} it/s, "
+                      f"{r['images_per_s']:.1f} images/s, {mem}, {r['parameters'] / 1e6:.2f}M params", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "settings": vars(args) | {"context_views": 3},
+                               "results": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                              indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
