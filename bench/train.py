@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    ap.add_argument("--append", action="store_true", help="Add these rows to the results already in --out")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args()
     if args.one:
@@ -156,9 +157,12 @@ def main() -> None:
                       f"{r['images_per_s']:.1f} images/s, {mem}, {r['parameters'] / 1e6:.2f}M params", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "settings": vars(args) | {"context_views": 3},
-                               "results": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                              indent=2) + "\n")
+    for r in rows:
+        r["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "append", "one")}
+        r["load_average_after"] = os.getloadavg()
+        r["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    old = json.loads(out.read_text())["results"] if args.append and out.is_file() else []
+    out.write_text(json.dumps({"machine": machine(), "context_views": 3, "results": old + rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
