@@ -89,24 +89,15 @@ def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool
 
 
 def machine() -> dict:
-    import numpy
+    """The machine and versions, as every bench script records them (bench/common.py)."""
     import torch
 
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": load, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine as common_machine, versions
+
+    info = {**common_machine(), "versions": versions()}
+    info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
 
 
 def main() -> None:
