@@ -195,5 +195,6 @@ def footer_text(c: Comparison, ref: dict[str, Comparison] | None = None) -> str:
     lines = [f"raster vs path: PSNR {_fmt(c.psnr)} dB  SSIM {c.ssim:.3f}  RMSE {c.rmse:.4f}  MAE {c.mae:.4f}"
              + (f"  AOV agree id {c.aov['id']:.3f} depth {c.aov['depth']:.3f} normal {c.aov['normal']:.3f}" if c.aov else "")]
     for name, r in (ref or {}).items():
-        lines.append(f"{name} vs reference: PSNR {_fmt(r.psnr)} dB  SSIM {r.ssim:.3f}  RMSE {r.rmse:.4f}")
+        label = name if " vs " in name else f"{name} vs reference"
+        lines.append(f"{label}: PSNR {_fmt(r.psnr)} dB  SSIM {r.ssim:.3f}  RMSE {r.rmse:.4f}")
     return "\n".join(lines)

@@ -109,3 +109,24 @@ def test_convergence_cli(tmp_path):
     assert all(0 < r < 1 for r in data["rmse"]) and data["rmse"][2] < data["rmse"][0]  # 4x the samples: ~half the error
     assert 0 < data["raster_rmse"] < 1
     assert (tmp_path / "conv.png").stat().st_size > 5000
+
+
+def test_compare_with_a_neural_column(tmp_path):
+    data, runs = tmp_path / "data", tmp_path / "run"
+    res = run("dataset", "generate", "rooms_ring", "--scenes", "4", "--views", "3", "--size", "64", "--out", str(data))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run("train", str(data), "--preset", "tiny", "--steps", "1", "--batch", "2", "--device", "cpu",
+              "--no-progress", "--out", str(runs))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run("compare", "rooms_ring", "--neural", str(runs), "--spp", "2", "--ssaa", "1",
+              "--out", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["width"] == data["height"] == 64  # the model's image size
+    assert 0 < data["neural"]["psnr"] < 60 and data["neural"]["context"] == 3
+    import imageio.v3 as iio
+
+    img = iio.imread(tmp_path / "c.png")
+    assert img.shape[1] > 3 * img.shape[0]  # four panels
+    res = run("compare", "rooms_ring", "--neural", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and "not a training run folder" in res.stderr

@@ -205,11 +205,14 @@ def compare_cmd(
     width: Optional[int] = typer.Option(None, help="Override the image width."),
     height: Optional[int] = typer.Option(None, help="Override the image height."),
     reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR."),
+    neural: Optional[Path] = typer.Option(None, help="A training run folder: add the GQN's rendering as a third "
+                                                     "column (all images at the model's size, e.g. 64x64)."),
+    context: int = typer.Option(3, help="With --neural: context views rendered by the rasterizer."),
 ):
     """Render a scene with both renderers and write a side-by-side picture with the metrics."""
     import numpy as np  # noqa: F401
 
-    from render import compare, pathtrace, rasterize
+    from render import RenderError, compare, pathtrace, rasterize
     from render.metrics import compare_picture, footer_text
 
     if ssaa not in (1, 2, 4):
@@ -217,6 +220,15 @@ def compare_cmd(
     if spp < 1:
         raise typer.BadParameter(f"{spp}; expected at least 1", param_hint="--spp")
     s = _load(scene, seed)
+    model = None
+    if neural is not None:
+        if not (neural / "config.json").is_file():
+            raise RenderError(f"--neural {neural}: not a training run folder (no config.json); expected the --out "
+                              "folder of `trirender train`")
+        from neural.novel import load_run
+
+        model, ncfg = load_run(neural)
+        width = height = ncfg.image_size
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
     raster = rasterize(s, cam, ssaa=ssaa)
@@ -225,10 +237,22 @@ def compare_cmd(
     scores = {}
     if ref is not None:
         scores = {"raster": compare(raster.rgb, ref), "path": compare(path.rgb, ref)}
+    neural_panel = []
+    if model is not None:
+        from neural.novel import context_from_scene, predict
+        from render.image_io import srgb_decode
+
+        t0 = time.perf_counter()
+        ctx_img, ctx_vp = context_from_scene(s, context, cam.width, seed)
+        guess = srgb_decode(predict(model, ctx_img, ctx_vp, cam.viewpoint()[None], samples=1, seed=seed)[0, 0])
+        t_n = time.perf_counter() - t0
+        scores["neural vs path"] = compare(guess, path.rgb)
+        neural_panel = [(f"neural (GQN {neural.name}), {context} context views\n{t_n:.2f} s", guess)]
     t_r = raster.meta.get("render_seconds", float("nan"))
     t_p = path.meta.get("render_seconds", float("nan"))
     panels = [(f"raster (numba), ssaa {ssaa}\n{t_r:.2f} s", raster.rgb),
-              (f"path (Taichi {path.meta.get('backend', '')}), {spp} spp, depth {max_depth}\n{t_p:.2f} s", path.rgb)]
+              (f"path (Taichi {path.meta.get('backend', '')}), {spp} spp, depth {max_depth}\n{t_p:.2f} s", path.rgb),
+              *neural_panel]
     compare_picture(panels, c.error_map, "|raster - path| (RMS over RGB)", footer_text(c, scores), out_path,
                     title=f"{scene}  {cam.width}x{cam.height}")
     result = {"scene": scene, "width": cam.width, "height": cam.height,
@@ -236,7 +260,9 @@ def compare_cmd(
               "path": {"spp": spp, "max_depth": max_depth, "seed": seed, "backend": path.meta.get("backend"),
                        "render_seconds": t_p, "compile_seconds": path.meta.get("compile_seconds")},
               "raster_vs_path": c.to_dict(),
-              "vs_reference": {k: v.to_dict() for k, v in scores.items()}}
+              "vs_reference": {k: v.to_dict() for k, v in scores.items() if " vs " not in k}}
+    if model is not None:
+        result["neural"] = {"run": str(neural), "context": context, **scores["neural vs path"].to_dict()}
     if json_out:
         _write_json(json_out, result)
     out.print(footer_text(c, scores))
