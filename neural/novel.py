@@ -92,6 +92,7 @@ class Orbit:
     raster: np.ndarray  # (F, H, W, 3)
     path: np.ndarray | None  # (F, H, W, 3) or None when the path tracer was not run
     psnr_raster: list[float]  # per frame, neural vs raster
+    path_note: str = ""  # why ``path`` is None
 
 
 def _srgb(frames) -> np.ndarray:
@@ -112,14 +113,17 @@ def orbit(model: GQN, scene: Any, context_images: np.ndarray, context_viewpoints
     qv = np.stack([c.viewpoint() for c in cams])                             # (F, 7)
     draws = predict(model, context_images, context_viewpoints, qv, samples=samples, seed=seed)  # (N, F, H, W, 3)
     raster = _srgb(rasterize_batch([(scene, c) for c in cams], **(raster_options or {})))
-    path = None
+    path, note = None, "off (--path-spp 0)"
     if path_spp > 0:
-        from render import pathtrace
+        try:  # the path tracer is optional: a missing or failing Taichi leaves its column out
+            from render import pathtrace
 
-        path = _srgb([pathtrace(scene, c, spp=path_spp, seed=seed) for c in cams])
+            path = _srgb([pathtrace(scene, c, spp=path_spp, seed=seed) for c in cams])
+        except Exception as exc:  # noqa: BLE001
+            note = f"path tracer unavailable ({type(exc).__name__}: {exc})"
     mean = draws.mean(0)
     psnrs = [float(10 * np.log10(1.0 / max(np.mean((m - t) ** 2), 1e-10))) for m, t in zip(mean, raster)]
-    return Orbit(_as_float(context_images), mean, draws.std(0).mean(-1), raster, path, psnrs)
+    return Orbit(_as_float(context_images), mean, draws.std(0).mean(-1), raster, path, psnrs, note)
 
 
 def context_from_scene(scene: Any, k: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

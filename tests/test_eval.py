@@ -115,7 +115,9 @@ def test_eval_and_novel_verbs(run, tmp_path):
     import imageio.v3 as iio
 
     frames = iio.imread(tmp_path / "o.gif", index=None)
-    assert frames.shape[0] == 4 and iio.imread(tmp_path / "o.png").shape[0] == 3 * 64
+    assert frames.shape[0] == 4
+    rows = iio.imread(tmp_path / "o.png").shape[0] // 64  # neural, raster, (path), std
+    assert rows == (3 if "path tracer column left out" in res.stdout else 4), res.stdout
 
 
 def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):

@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         context: int = typer.Option(3, help="Context views."),
         orbit_frames: int = typer.Option(36, "--orbit", help="Frames in the orbit."),
         samples: int = typer.Option(8, help="Prior samples per frame (mean shown, std as uncertainty)."),
-        path_spp: int = typer.Option(0, help="Path tracer ground truth at this spp (0: off; slow on a CPU)."),
+        path_spp: int = typer.Option(64, help="Path tracer ground truth at this spp (0: off)."),
         strip_out: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip (every 6th frame)."),
         seed: int = typer.Option(0, help="Seed of the context views (--scene) and the samples."),
     ):
@@ -189,5 +189,5 @@ def register(app: typer.Typer) -> None:
                 strip_out.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(strip_out, novel.strip(o))
         print(f"wrote {out} ({orbit_frames} frames; mean PSNR vs raster {sum(o.psnr_raster) / len(o.psnr_raster):.2f} dB"
-              + ("" if path_spp else "; path tracer off, --path-spp N to add it") + ")")
+              + ("" if o.path is not None else f"; path tracer column left out: {o.path_note}") + ")")
 
