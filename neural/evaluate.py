@@ -17,8 +17,8 @@ method is scored on the same query images. Scores, per context size K:
   (``elbo = -(nll + kl)``).
 
 PSNR is in dB on images in [0, 1] (the stored 8-bit sRGB values / 255), averaged over queries.
-SSIM is ``skimage.metrics.structural_similarity(a, b, channel_axis=2, data_range=1.0)`` (7x7
-uniform window, the scikit-image defaults) on the same images, averaged over queries.
+SSIM is ``render.metrics.ssim`` (11-tap Gaussian window, sigma 1.5, per channel; the definition
+``trirender compare`` uses) on the same images, averaged over queries.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ def psnr_np(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim_np(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two float (H, W, 3) images in [0, 1] (scikit-image, 7x7 uniform window)."""
-    from skimage.metrics import structural_similarity
+    """SSIM of two float (H, W, 3) images in [0, 1]: the project's one definition,
+    ``render.metrics.ssim`` (11-tap Gaussian window, sigma 1.5), as ``trirender compare`` reports."""
+    from render.metrics import ssim
 
-    return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
+    return ssim(a, b)
 
 
 def query_plan(views: SceneViews, scenes: np.ndarray, k_max: int, seed: int = 0) -> np.ndarray:
@@ -128,7 +129,7 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
     report["meta"] = {"run": str(run_dir), "data": str(data), "step": step, "samples": samples, "seed": seed,
                       "sigma": sigma, "contexts": list(contexts),
                       "psnr": "dB on 8-bit sRGB / 255, mean over queries",
-                      "ssim": "skimage structural_similarity(channel_axis=2, data_range=1.0), mean over queries",
+                      "ssim": "render.metrics.ssim (Gaussian window 11, sigma 1.5; = skimage gaussian_weights=True, sigma=1.5, use_sample_covariance=False), mean over queries",
                       "elbo": "nats per query image, lower bound on log p(x_q | context); higher is better"}
     return report
 
