@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -267,7 +266,7 @@ def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.pn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .image_io import atomic_path
+    from .image_io import save_figure
     from .shards import open_shard
 
     out = Path(out)
@@ -296,11 +295,5 @@ def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.pn
     fig.suptitle(f"{out.name}: {m['family']}, {m['renderer']}, {m['image_size']}px, seed {m['seed']}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return path
-
-
-def worker_count(requested: int | None) -> int:
-    return max(1, requested if requested else 1) if requested is not None else max(1, (os.cpu_count() or 1) // 2)

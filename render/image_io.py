@@ -60,6 +60,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_json_atomic(path: str | os.PathLike, data, **dumps) -> None:
+    """``json.dumps(data, **dumps)`` (default: indent 2, ``str`` for unknown types) written atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(data, **{"indent": 2, "default": str, **dumps}) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 def write_exr(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a linear float32 image: (H, W, 3) as channels R, G, B or (H, W) as channel Y. ZIP compression."""
     import OpenEXR

@@ -136,7 +136,7 @@ def compare_picture(panels: list[tuple[str, np.ndarray]], error_map: np.ndarray,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .image_io import atomic_path
+    from .image_io import save_figure
 
     n = len(panels) + 1
     h, w = error_map.shape
@@ -154,9 +154,7 @@ def compare_picture(panels: list[tuple[str, np.ndarray]], error_map: np.ndarray,
         fig.suptitle(title, fontsize=10)
     fig.text(0.5, 0.02, footer, ha="center", fontsize=8, family="monospace")
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def convergence_plot(spps: list[int], rmses: list[float], raster_rmse: float, path, title: str = "") -> None:
@@ -167,7 +165,7 @@ def convergence_plot(spps: list[int], rmses: list[float], raster_rmse: float, pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .image_io import atomic_path
+    from .image_io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.loglog(spps, rmses, "o-", label="path tracer")
@@ -185,9 +183,7 @@ def convergence_plot(spps: list[int], rmses: list[float], raster_rmse: float, pa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def footer_text(c: Comparison, ref: dict[str, Comparison] | None = None) -> str:

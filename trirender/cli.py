@@ -44,9 +44,9 @@ def _load(spec: str, seed: int = 0):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from render.image_io import write_text_atomic
+    from render.image_io import write_json_atomic
 
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    write_json_atomic(path, data)
 
 
 # --- scene ----------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def render_cmd(
     stats: Optional[Path] = typer.Option(None, help="Write timings and settings as JSON."),
 ):
     """Render a scene with the rasterizer or the path tracer."""
-    from render import AOV_NAMES, RenderError
+    from render import AOV_NAMES
 
     aovs = tuple(a.strip() for a in aov.split(",") if a.strip())
     for a in aovs:
@@ -135,12 +135,7 @@ def render_cmd(
     s = _load(scene, seed)
     if not 0 <= camera_index < len(s.cameras):
         raise typer.BadParameter(f"scene has {len(s.cameras)} camera(s); expected 0..{len(s.cameras) - 1}", param_hint="--camera")
-    cam = s.cameras[camera_index]
-    if width or height:
-        try:
-            cam = cam.with_size(width or cam.width, height or cam.height)
-        except ValueError as exc:
-            raise RenderError(str(exc)) from None
+    cam = _camera_for(s, width, height, camera_index)
     load_seconds = time.perf_counter() - t0
     if renderer is Renderer.raster:
         if ssaa not in (1, 2, 4):
@@ -180,10 +175,11 @@ def _reference(path: Optional[Path], cam):
     return ref
 
 
-def _camera_for(s, width, height):
+def _camera_for(s, width, height, index: int = 0):
+    """Camera ``index`` of scene ``s``, resized when --width/--height are given."""
     from render import RenderError
 
-    cam = s.camera
+    cam = s.cameras[index]
     if width or height:
         try:
             cam = cam.with_size(width or cam.width, height or cam.height)

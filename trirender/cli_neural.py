@@ -7,7 +7,6 @@ Under torchrun, run the console script itself:
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -46,10 +45,9 @@ def _contexts(text: str) -> tuple[int, ...]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from render.image_io import write_text_atomic
+    from render.image_io import write_json_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_json_atomic(path, data)
 
 
 def register(app: typer.Typer) -> None:
