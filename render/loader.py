@@ -162,7 +162,7 @@ def _soup_from_trimesh(mesh, transform: np.ndarray | None = None):
         fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
         fn = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-300)
         n = np.repeat(fn[:, None, :], 3, axis=1)
-    return p, n, uv[f], v
+    return p, n, uv[f]
 
 
 def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None) -> list[tuple[str, tuple, Any]]:
@@ -196,7 +196,7 @@ def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None
             raise SceneError(source, field_path(loc), f"vertex {bad} of {path} is not finite ({v[bad].tolist()})")
         if len(geom.faces) == 0:
             continue
-        p, n, uv, _ = _soup_from_trimesh(geom, transform)
+        p, n, uv = _soup_from_trimesh(geom, transform)
         out.append((name, (p, n, uv), geom))
     if not out:
         raise SceneError(source, field_path(loc), f"mesh {path} holds no triangles")
