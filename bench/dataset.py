@@ -35,7 +35,13 @@ def gen_rate(renderer: str, scenes: int, size: int, views: int, spp: int, root: 
     t0 = time.perf_counter()
     generate(cfg, root / renderer, progress=False)
     dt = time.perf_counter() - t0
-    return {"what": f"generate {renderer}" + (f" {spp} spp" if renderer == "path" else ""), "scenes": scenes,
+    what = f"generate {renderer}"
+    if renderer == "path":
+        from render.pathtracer import init_backend
+
+        used, device = init_backend("auto")  # what generate() ran on: CUDA when present
+        what += f" {spp} spp ({used}: {device})"
+    return {"what": what, "scenes": scenes,
             "views": scenes * views, "seconds": round(dt, 2), "rate": round(scenes * views / dt, 1), "unit": "views/s",
             "warmup_seconds": round(warm, 2)}
 
@@ -64,14 +70,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--views", type=int, default=10)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--spp", type=int, default=64)
+    ap.add_argument("--renderers", default="raster,path", help="which generation runs (the loader rows read the "
+                    "raster dataset, so they need raster)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    which = [r for r in args.renderers.split(",") if r]
     root = Path(tempfile.mkdtemp(prefix="trirender-bench-"))
     try:
-        rows = [gen_rate("raster", args.scenes, args.size, args.views, args.spp, root)]
-        if args.path_scenes:
+        rows = []
+        if "raster" in which:
+            rows.append(gen_rate("raster", args.scenes, args.size, args.views, args.spp, root))
+        if "path" in which and args.path_scenes:
             rows.append(gen_rate("path", args.path_scenes, args.size, args.views, args.spp, root))
-        rows += [loader_rate(root / "raster", w) for w in (0, 2)]
+        if "raster" in which:
+            rows += [loader_rate(root / "raster", w) for w in (0, 2)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(table(rows, ["what", "scenes", "views", "seconds", "rate", "unit", "warmup_seconds"]))

@@ -73,7 +73,7 @@ MITSUBA_CHILD = textwrap.dedent("""
     out = []
     for r in range(args["repeats"] + 1):  # the first render includes the JIT compilation
         t = time.perf_counter()
-        img = np.array(mi.render(scene, spp=args["spp"], seed=r))
+        img = np.array(mi.render(scene, spp=args["spp"], seed=r + args.get("seed_offset", 0)))
         dt = time.perf_counter() - t
         out.append({"seconds": dt, "paths_per_second": args["size"] ** 2 * args["spp"] / dt})
         if r == 1 and args.get("save"):
@@ -132,8 +132,8 @@ def _run_child(code: str, args: dict, env: dict | None = None) -> list[dict]:
     finally:
         os.unlink(path)
     for line in p.stdout.splitlines():
-        if line.startswith("RESULT"):
-            return json.loads(line[6:])
+        if "RESULT" in line:  # a library's log may share the line (colour codes, no newline)
+            return json.loads(line[line.index("RESULT") + 6:])
     raise RuntimeError(f"child failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
 
@@ -172,6 +172,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=2, help="alternations ours / Mitsuba")
     ap.add_argument("--mesh-tris", type=int, default=100_000, help="triangles of the mesh scene (0: skip)")
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE if DEFAULT_REFERENCE.exists() else None)
+    ap.add_argument("--make-reference", type=int, default=0, metavar="SPP",
+                    help="when no --reference of this size is given, render one with the first Mitsuba variant at SPP "
+                         "(box filter, its own seeds) so that RMSE can be reported at any size")
     ap.add_argument("--no-mitsuba", action="store_true")
     ap.add_argument("--mitsuba-variants", default="llvm_ad_rgb,scalar_rgb",
                     help="comma-separated; the first is the main rival (e.g. cuda_ad_rgb,llvm_ad_rgb on a GPU)")
@@ -184,11 +187,23 @@ def main(argv=None) -> dict:
     if ref is not None and ref.shape[:2] != (a.size, a.size):
         print(f"reference {a.reference} is {ref.shape[1]}x{ref.shape[0]}, not {a.size}^2: RMSE skipped")
         ref = None
+    tmp = Path(tempfile.mkdtemp(prefix="trirender_bench_"))
+    variants = [v for v in a.mitsuba_variants.split(",") if v]
+    have_mi = not a.no_mitsuba and _have_mitsuba()
+    ref_name = str(a.reference) if ref is not None else None
+    if ref is None and a.make_reference and have_mi and variants:
+        save = str(tmp / "reference.npy")
+        try:
+            _run_child(MITSUBA_CHILD, {"size": a.size, "spp": a.make_reference, "depth": a.depth, "variant": variants[0],
+                                       "repeats": 1, "save": save, "seed_offset": 1000})
+            ref = np.load(save)
+            ref_name = f"mitsuba {variants[0]}, {a.make_reference} spp, box filter (rendered in this run)"
+        except RuntimeError as e:
+            print(f"reference render failed: {str(e)[-300:]}")
     settings = {"scene": "cornell_box", "size": a.size, "spp": a.spp, "max_depth": a.depth, "backend": a.backend,
-                "reference": str(a.reference) if a.reference else None, "repeats": a.repeats, "rounds": a.rounds,
+                "reference": ref_name, "repeats": a.repeats, "rounds": a.rounds,
                 "pixel_filter": "box"}
     res: dict = {"machine": _machine(), "versions": _versions(), "settings": settings}
-    tmp = Path(tempfile.mkdtemp(prefix="trirender_bench_"))
     base = {"size": a.size, "spp": a.spp, "depth": a.depth, "backend": a.backend}
 
     # cold and warm start: a fresh offline cache, then the same cache in a second process
@@ -202,8 +217,6 @@ def main(argv=None) -> dict:
                         "first_pass_in_call_seconds": m["first_pass_seconds"]}
     res["start"] = starts
 
-    have_mi = not a.no_mitsuba and _have_mitsuba()
-    variants = [v for v in a.mitsuba_variants.split(",") if v]
     runs = {"ours": [], **{f"mitsuba {v}": [] for v in variants}}
     images = {}
     for rnd in range(a.rounds):

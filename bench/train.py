@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool, channels_last: bool,
-        compile_: bool, threads: int) -> dict:
+        compile_: bool, threads: int, compile_mode: str = "default") -> dict:
     """Time one configuration in this process."""
     import torch
 
@@ -40,11 +40,15 @@ def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool
     cfg = PRESETS[preset].override(batch_size=batch)
     torch.manual_seed(0)
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as neural.train does on a GPU
     model = GQN(cfg).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    fwd = torch.compile(model) if compile_ else model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                           fused=dev.type == "cuda")
+    t_compile = time.perf_counter()
+    fwd = torch.compile(model, mode=compile_mode) if compile_ else model
     k = 3
     cx = torch.rand(batch, k, 3, 64, 64, device=dev)
     cv = torch.randn(batch, k, 7, device=dev)
@@ -65,6 +69,7 @@ def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool
     for _ in range(warmup):
         step()
     sync()
+    warmup_seconds = time.perf_counter() - t_compile
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -75,7 +80,8 @@ def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool
         times.append(time.perf_counter() - t)
     med = sorted(times)[len(times) // 2]
     res = {"preset": preset, "batch": batch, "device": str(dev), "amp_bf16": amp, "channels_last": channels_last,
-           "compile": compile_, "steps_timed": steps, "warmup": warmup, "parameters": count_parameters(model),
+           "compile": compile_, "compile_mode": compile_mode if compile_ else None,
+           "warmup_seconds": warmup_seconds, "steps_timed": steps, "warmup": warmup, "parameters": count_parameters(model),
            "seconds_per_step_median": med, "seconds_per_step_min": min(times),
            "it_per_s": 1.0 / med, "images_per_s": batch / med, "threads": torch.get_num_threads()}
     if dev.type == "cuda":
@@ -109,11 +115,18 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (GPU runs always add an amp row)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...")
+    ap.add_argument("--variants", default="",
+                    help="semicolon-separated amp,channels_last,compile triples of 0/1, e.g. '1,1,0;1,1,1' "
+                         "(default: the flags above, plus an amp+channels-last row on a GPU)")
+    ap.add_argument("--child-timeout", type=float, default=0, help="seconds per configuration (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     ap.add_argument("--append", action="store_true", help="Add these rows to the results already in --out")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
     if args.one:
         p = json.loads(args.one)
         print("RESULT " + json.dumps(one(**p)))
@@ -124,35 +137,49 @@ def main() -> None:
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    from render.image_io import write_json_atomic
+
+    out = Path(args.out)
+    old = json.loads(out.read_text())["results"] if args.append and out.is_file() else []
+    info = machine()
     rows = []
+
+    def save(r: dict) -> None:  # after every configuration, so a run cut short keeps what it measured
+        r["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "append", "one")}
+        r["load_average_after"] = os.getloadavg()
+        r["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        rows.append(r)
+        write_json_atomic(out, {"machine": info, "context_views": 3, "results": old + rows})
+
     for dev in devices:
         for preset in args.presets.split(","):
             batch = args.batch or PRESETS[preset].batch_size
-            variants = [(args.amp, args.channels_last, args.compile)]
-            if dev == "cuda" and not args.amp:
-                variants.append((True, True, args.compile))
+            if args.variants:
+                variants = [tuple(bool(int(x)) for x in t.split(",")) for t in args.variants.split(";")]
+            else:
+                variants = [(args.amp, args.channels_last, args.compile)]
+                if dev == "cuda" and not args.amp:
+                    variants.append((True, True, args.compile))
             for amp, cl, comp in variants:
                 p = {"preset": preset, "batch": batch, "device": dev, "steps": args.steps, "warmup": args.warmup,
-                     "amp": amp, "channels_last": cl, "compile_": comp, "threads": args.threads}
-                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p)], capture_output=True, text=True,
-                                      cwd=ROOT)
+                     "amp": amp, "channels_last": cl, "compile_": comp, "threads": args.threads,
+                     "compile_mode": args.compile_mode}
+                try:
+                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p)], capture_output=True,
+                                          text=True, cwd=ROOT, timeout=args.child_timeout or None)
+                except subprocess.TimeoutExpired:
+                    print(f"{preset} {dev} amp {amp} compile {comp}: over {args.child_timeout:.0f} s, skipped")
+                    continue
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
                     print(f"{preset} {dev}: failed\n{proc.stderr[-2000:]}")
                     continue
                 r = json.loads(line[0][7:])
-                rows.append(r)
+                save(r)
                 mem = f"{r['peak_memory_mib']:.0f} MiB GPU" if "peak_memory_mib" in r else f"{r['peak_rss_mib']:.0f} MiB RSS"
-                print(f"{preset:6s} {dev:4s} batch {batch:3d} amp {amp!s:5s}: {r['it_per_s']:.3f} it/s, "
+                print(f"{preset:6s} {dev:4s} batch {batch:3d} amp {amp!s:5s} cl {cl!s:5s} compile {comp!s:5s}: "
+                      f"{r['it_per_s']:.3f} it/s, "
                       f"{r['images_per_s']:.1f} images/s, {mem}, {r['parameters'] / 1e6:.2f}M params", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for r in rows:
-        r["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "append", "one")}
-        r["load_average_after"] = os.getloadavg()
-        r["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    old = json.loads(out.read_text())["results"] if args.append and out.is_file() else []
-    out.write_text(json.dumps({"machine": machine(), "context_views": 3, "results": old + rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -317,12 +317,12 @@ class GQN(nn.Module):
 
     # --- training --------------------------------------------------------------------------------
     def forward(self, ctx_x: torch.Tensor, ctx_v: torch.Tensor, x_q: torch.Tensor, v_q: torch.Tensor,
-                sigma: float) -> dict[str, torch.Tensor]:
+                sigma: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The negative ELBO of the query images given the context.
 
         ctx_x (B, K, 3, 64, 64), ctx_v (B, K, 7), x_q (B, 3, 64, 64) in [0, 1], v_q (B, 7); sigma: pixel
-        standard deviation. Returns per-batch means, in nats per image: ``loss`` = ``nll`` + ``kl``;
-        ``nll_each``, ``kl_each`` (B,) per image (detached); ``mean`` (B, 3, 64, 64), the mean
+        standard deviation (a float, or a 0-d tensor when compiled). Returns per-batch means, in nats
+        per image: ``loss`` = ``nll`` + ``kl``; ``nll_each``, ``kl_each`` (B,) per image (detached); ``mean`` (B, 3, 64, 64), the mean
         image under the posterior's z.
         """
         b = x_q.shape[0]
@@ -376,11 +376,16 @@ class GQN(nn.Module):
         return torch.sigmoid(self.observe(u)).float()                      # (B, 3, 64, 64)
 
 
-def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """-log N(x; mean, sigma^2) summed over pixels and channels: (B, 3, H, W) -> (B,) nats."""
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """-log N(x; mean, sigma^2) summed over pixels and channels: (B, 3, H, W) -> (B,) nats.
+
+    ``sigma`` may be a 0-d tensor: under ``torch.compile`` a Python float is baked into the graph, so
+    an annealed sigma would recompile the model at every step; a tensor keeps one graph.
+    """
     se = ((x - mean) ** 2).flatten(1).sum(1)                                # (B,)
     n = x[0].numel()
-    return 0.5 * se / sigma ** 2 + n * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    log_sigma = torch.log(sigma) if isinstance(sigma, torch.Tensor) else math.log(sigma)
+    return 0.5 * se / sigma ** 2 + n * (log_sigma + 0.5 * math.log(2 * math.pi))
 
 
 def count_parameters(model: nn.Module) -> int:

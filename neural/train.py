@@ -121,7 +121,10 @@ def _dist_setup(device: str) -> tuple[int, int, torch.device]:
         device = f"cuda:{local}"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if dev.index is None:  # set_device needs an index; "cuda" means the current device
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True  # fixed 64x64 shapes: let cuDNN pick its fastest kernels
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return rank, world, dev
@@ -299,7 +302,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     model = GQN(cfg).to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                           fused=dev.type == "cuda")
     step = 0
     if resume:
         ck = load_checkpoint(out, dev)
@@ -384,8 +388,11 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
             sigma, lr = sigma_at(cfg, step), lr_at(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
+            # compiled: sigma as a tensor, or every newly annealed value would recompile the graph
+            sigma_arg = torch.tensor(sigma, device=dev) if runtime.compile else sigma
             with _autocast(dev, amp):
-                res = fwd(x["context_images"], x["context_viewpoints"], x["query_image"], x["query_viewpoint"], sigma)
+                res = fwd(x["context_images"], x["context_viewpoints"], x["query_image"], x["query_viewpoint"],
+                          sigma_arg)
             loss = res["loss"]
             bad, stop_now = _all_max([float(not torch.isfinite(loss).item()), float(stop["requested"])], dev, world)
             if bad:

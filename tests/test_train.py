@@ -139,3 +139,47 @@ def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
     assert ck["step"] == 2 and len(ck["rng"]) == 2  # both processes' RNG states
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each process its own latents
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+
+
+def test_compiled_training_does_not_recompile_as_sigma_anneals(rooms, tmp_path, monkeypatch):
+    """--compile passes sigma as a tensor: a Python float would be baked into the graph and every
+    annealed value would recompile the model (seen on an H200: no step finished in 150 s)."""
+    import torch._dynamo
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager"))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    cfg = PRESETS["tiny"].override(max_context=1, sigma_steps=4)  # one context size: one shape
+    s = train(rooms[0], tmp_path / "run", cfg, steps=4, runtime=Runtime(progress=False, threads=1, tensorboard=False,
+                                                                         compile=True))
+    torch._dynamo.reset()
+    assert s["steps"] == 4 and np.isfinite(s["loss"])
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_training_learns_and_its_checkpoint_loads_on_the_cpu(tmp_path):
+    """The GPU path as a user runs it: bf16 autocast (on by default on CUDA), channels-last, fused Adam,
+    on path-traced data rendered on the GPU; the run then evaluates on the CPU."""
+    train_dir = rooms_dataset(64, views=6, seed=0, renderer="path", spp=8)
+    test_dir = rooms_dataset(16, views=6, seed=1, renderer="path", spp=8)
+    cfg = PRESETS["tiny"]
+    val = to_model(validation_batch(test_dir, cfg), "cpu")
+
+    def fixed_sigma_loss(model):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(model(val["context_images"], val["context_viewpoints"], val["query_image"],
+                               val["query_viewpoint"], cfg.sigma_end)["loss"])
+
+    torch.manual_seed(cfg.seed)
+    before = fixed_sigma_loss(GQN(cfg).eval())
+    s = train(train_dir, tmp_path / "run", cfg, runtime=Runtime(device="cuda", channels_last=True, progress=False,
+                                                                  tensorboard=False))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["device"].startswith("cuda") and run["amp_bf16"] and s["steps"] == cfg.steps_total
+    from neural.train import build_model
+
+    model, _, _ = build_model(tmp_path / "run", "cpu")
+    after = fixed_sigma_loss(model)
+    assert after < 0.8 * before, (before, after)
