@@ -388,8 +388,12 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
             sigma, lr = sigma_at(cfg, step), lr_at(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            # compiled: sigma as a tensor, or every newly annealed value would recompile the graph
-            sigma_arg = torch.tensor(sigma, device=dev) if runtime.compile else sigma
+            sigma_arg = sigma
+            if runtime.compile:  # one graph for the whole run: sigma as a tensor (a float would be baked
+                # in, and every annealed value recompile) and the number of context views K marked dynamic
+                sigma_arg = torch.tensor(sigma, device=dev)
+                torch._dynamo.mark_dynamic(x["context_images"], 1)
+                torch._dynamo.mark_dynamic(x["context_viewpoints"], 1)
             with _autocast(dev, amp):
                 res = fwd(x["context_images"], x["context_viewpoints"], x["query_image"], x["query_viewpoint"],
                           sigma_arg)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from render.dataset import DatasetConfig, generate, merge, render_shard, shadow_map_size, verify
+from render.dataset import DatasetConfig, generate, merge, shadow_map_size, verify
 from render.shards import ShardError, open_shard
 
 CFG = DatasetConfig("rooms_ring", scenes=7, views=3, size=16, shard_size=2, seed=11)

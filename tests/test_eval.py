@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from neural.data import SceneViews
 from neural.evaluate import evaluate, nearest_view, psnr_np, query_plan, ssim_np

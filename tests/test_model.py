@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from neural.model import (GQN, PRESETS, ConvLSTMCell, GQNConfig, Pool, Pyramid, gaussian_kl, gaussian_nll, lr_at,
                           sigma_at)

@@ -1,13 +1,12 @@
 import math
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import trimesh
 
 import render
-from render import SceneError, load_scene, load_toml, save_scene, scene_from_dict
+from render import load_scene, load_toml, save_scene, scene_from_dict
 from render.writer import scene_to_toml
 
 from helpers import minimal_description, same_arrays, write_ply_without_normals

@@ -52,7 +52,7 @@ def refuse(desc, base_dir, *field_words):
 def test_unknown_key(mesh_dir):
     d = minimal_description("ok.ply")
     d["objects"][1]["colour"] = [1.0, 0.0, 0.0]
-    msg = refuse(d, mesh_dir, "objects[1].colour", "unknown key", "material")
+    refuse(d, mesh_dir, "objects[1].colour", "unknown key", "material")
     d = minimal_description("ok.ply")
     d["sky"] = {}
     refuse(d, mesh_dir, "sky", "unknown top-level key")
