@@ -81,7 +81,8 @@ def one(preset: str, batch: int, device: str, steps: int, warmup: int, amp: bool
     med = sorted(times)[len(times) // 2]
     res = {"preset": preset, "batch": batch, "device": str(dev), "amp_bf16": amp, "channels_last": channels_last,
            "compile": compile_, "compile_mode": compile_mode if compile_ else None,
-           "warmup_seconds": warmup_seconds, "steps_timed": steps, "warmup": warmup, "parameters": count_parameters(model),
+           "warmup_seconds": warmup_seconds, "steps_timed": steps, "warmup": warmup,
+           "parameters": count_parameters(model),
            "seconds_per_step_median": med, "seconds_per_step_min": min(times),
            "it_per_s": 1.0 / med, "images_per_s": batch / med, "threads": torch.get_num_threads()}
     if dev.type == "cuda":

@@ -12,6 +12,9 @@ method is scored on the same query images. Scores, per context size K:
 - ``nearest_view``: the context image whose viewpoint is nearest the query's (Euclidean distance
   between the 7-number viewpoints: metres for the position plus the cos/sin of yaw and pitch).
 - ``mean_image``: the training set's mean image (``RUN_DIR/mean_image.npy``), whatever the query.
+- ``model_minus_nearest_view``: the paired per-query PSNR difference (model mean-of-N minus nearest
+  view): its mean, the standard error of that mean, and the fraction of queries the model wins, so
+  a small lead can be told from noise.
 - ``elbo_nats``: the ELBO per query image in nats, a lower bound on log p(x_q | context) with the
   pixel sigma the run ended at; higher is better. ``nll_nats`` and ``kl_nats`` are its two terms
   (``elbo = -(nll + kl)``).
@@ -118,10 +121,15 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
             acc["nll"] += out["nll_each"].tolist()
             acc["kl"] += out["kl_each"].tolist()
         m = {key: float(np.mean(v)) for key, v in acc.items() if v}
+        gain = np.array(acc["m_psnr"]) - np.array(acc["n_psnr"])          # paired, per query (dB)
         report[f"context_{k}"] = {
             "model": {"psnr": m["m_psnr"], "ssim": m["m_ssim"], "psnr_best_of_n": m["b_psnr"],
                       "ssim_best_of_n": m["b_ssim"], "psnr_single": m["s_psnr"]},
             "nearest_view": {"psnr": m["n_psnr"], "ssim": m["n_ssim"]},
+            "model_minus_nearest_view": {"psnr": float(gain.mean()),
+                                         "psnr_standard_error": float(gain.std(ddof=1) / np.sqrt(len(gain)))
+                                         if len(gain) > 1 else float("nan"),
+                                         "fraction_model_better": float((gain > 0).mean())},
             "mean_image": {"psnr": m["a_psnr"], "ssim": m["a_ssim"]},
             "elbo_nats": -(m["nll"] + m["kl"]), "nll_nats": m["nll"], "kl_nats": m["kl"],
             "scenes": int(n),
@@ -137,12 +145,18 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
 def table(report: dict[str, Any]) -> str:
     """A Markdown table of a report (PSNR dB / SSIM per method and context size)."""
     lines = ["| K | model PSNR (mean of N) | model PSNR (best of N) | nearest view PSNR | mean image PSNR | "
-             "model SSIM | nearest view SSIM | mean image SSIM | ELBO (nats) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "model SSIM | nearest view SSIM | mean image SSIM | ELBO (nats) | model − nearest PSNR (± s.e.) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in report.items():
         if not key.startswith("context_"):
             continue
         lines.append(f"| {key.split('_')[1]} | {r['model']['psnr']:.2f} | {r['model']['psnr_best_of_n']:.2f} | "
                      f"{r['nearest_view']['psnr']:.2f} | {r['mean_image']['psnr']:.2f} | {r['model']['ssim']:.3f} | "
-                     f"{r['nearest_view']['ssim']:.3f} | {r['mean_image']['ssim']:.3f} | {r['elbo_nats']:.0f} |")
+                     f"{r['nearest_view']['ssim']:.3f} | {r['mean_image']['ssim']:.3f} | {r['elbo_nats']:.0f} |"
+                     + _gain_cell(r))
     return "\n".join(lines)
+
+
+def _gain_cell(r: dict[str, Any]) -> str:
+    g = r.get("model_minus_nearest_view")  # absent in reports written before it existed
+    return f" {g['psnr']:+.2f} ± {g['psnr_standard_error']:.2f} |" if g else " – |"

@@ -322,8 +322,8 @@ class GQN(nn.Module):
 
         ctx_x (B, K, 3, 64, 64), ctx_v (B, K, 7), x_q (B, 3, 64, 64) in [0, 1], v_q (B, 7); sigma: pixel
         standard deviation (a float, or a 0-d tensor when compiled). Returns per-batch means, in nats
-        per image: ``loss`` = ``nll`` + ``kl``; ``nll_each``, ``kl_each`` (B,) per image (detached); ``mean`` (B, 3, 64, 64), the mean
-        image under the posterior's z.
+        per image: ``loss`` = ``nll`` + ``kl``; ``nll_each``, ``kl_each`` (B,) per image (detached);
+        ``mean`` (B, 3, 64, 64), the mean image under the posterior's z.
         """
         b = x_q.shape[0]
         r, vt = self._broadcast(self.scene_representation(ctx_x, ctx_v), v_q)

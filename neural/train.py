@@ -293,7 +293,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
             np.save(out / "mean_image.npy", mean_image(data))
         _write_json(out / "run.json", {
             "data": str(Path(data).resolve()), "val_data": str(val_data) if val_data else None, "steps": total,
-            "device": str(dev), "world_size": world, "amp_bf16": amp, "channels_last": runtime.channels_last,
+            "device": str(dev), "world_size": world, "threads": torch.get_num_threads(), "amp_bf16": amp, "channels_last": runtime.channels_last,
             "compile": runtime.compile, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cuda_device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None})
 

@@ -1,5 +1,5 @@
 """Tiny GQN datasets for the neural tests: rooms_ring scenes rendered by the dataset generator
-(rasterizer by default, 64x64). Each (scenes, views, seed) is rendered once per test process into a temporary
+(rasterizer by default, 64x64). Each dataset is rendered once per test process into a temporary
 folder (removed at exit) and shared by test_train.py and test_eval.py."""
 
 from __future__ import annotations

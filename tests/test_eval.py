@@ -68,6 +68,9 @@ def test_report_structure_and_baselines_match_direct_computation(run):
     q = imgs[:, 0].astype(np.float32) / 255
     near = [psnr_np(nearest_view(imgs[i:i + 1, 1:4], vps[i:i + 1, 1:4], vps[i:i + 1, 0])[0] / 255.0, q[i]) for i in range(16)]
     assert rep["context_3"]["nearest_view"]["psnr"] == pytest.approx(np.mean(near), abs=1e-6)
+    gain = rep["context_3"]["model_minus_nearest_view"]  # paired: the mean difference is the difference of means
+    assert gain["psnr"] == pytest.approx(rep["context_3"]["model"]["psnr"] - np.mean(near), abs=1e-6)
+    assert 0 < gain["psnr_standard_error"] < 5 and 0 <= gain["fraction_model_better"] <= 1
     assert rep["context_3"]["mean_image"]["psnr"] == pytest.approx(np.mean([psnr_np(mean_img, x) for x in q]), abs=1e-6)
     # more context views can only bring a nearer view
     assert rep["context_3"]["nearest_view"]["psnr"] >= rep["context_1"]["nearest_view"]["psnr"]

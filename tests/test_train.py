@@ -143,8 +143,8 @@ def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
 
 def test_compiled_training_compiles_at_most_twice(rooms, tmp_path, monkeypatch):
     """--compile passes sigma as a tensor (a Python float is baked into the graph, so every annealed
-    value recompiled the model: seen on an H200, where no step finished in 150 s) and marks the number
-    of context views K dynamic: one graph for K >= 2, and one for K = 1 (torch specialises sizes 0 and 1)."""
+    value recompiled the model: seen on an H200) and marks the number of context views K dynamic:
+    one graph for K >= 2 and one for K = 1 (torch specialises sizes 0 and 1)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
