@@ -427,14 +427,18 @@ def _warm_up() -> float:
 
 
 # --- public API -----------------------------------------------------------------------------------
-def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel) -> list[Frame]:
-    """Render pairs (all with triangles) into Frames without meta."""
+def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, packs=None) -> list[Frame]:
+    """Render pairs (all with triangles) into Frames without meta. ``packs``: {id(scene): _Packed}
+    already built by the caller (a batch of more scenes than the pack cache holds would otherwise
+    pack every scene, shadow maps included, a second time)."""
     scenes, index = [], {}
     for scene, _ in pairs:
         if id(scene) not in index:
             index[id(scene)] = len(scenes)
             scenes.append(scene)
-    packed = _Packed.merge([_pack(sc, bool(shadows), area_samples, cube_res, dir_res) for sc in scenes])
+    packs = packs or {}
+    packed = _Packed.merge([packs.get(id(sc)) or _pack(sc, bool(shadows), area_samples, cube_res, dir_res)
+                            for sc in scenes])
     frames: list[Frame | None] = [None] * len(pairs)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (_, cam) in enumerate(pairs):
@@ -514,17 +518,20 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     compile_s = _warm_up()
     t0 = time.perf_counter()
     settings = (bool(shadows), int(area_samples), int(shadow_resolution), int(directional_resolution))
-    keep = []
+    keep, packs = [], {}
     for k, (s, c) in enumerate(pairs):
         if s.num_triangles == 0:
             warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=2)
-        elif _box_behind_near(_pack(s, *settings).corners, c):
+            continue
+        if id(s) not in packs:  # pairs keeps every scene alive, so its id is stable for this call
+            packs[id(s)] = _pack(s, *settings)
+        if _box_behind_near(packs[id(s)].corners, c):
             _warn_near(s, c)
         else:
             keep.append(k)
     frames: list[Frame | None] = [None] * len(pairs)
     if keep:
-        done = _render([pairs[k] for k in keep], ssaa, *settings, parallel)
+        done = _render([pairs[k] for k in keep], ssaa, *settings, parallel, packs)
         for k, f in zip(keep, done):
             frames[k] = f
             s, c = pairs[k]
