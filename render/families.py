@@ -98,24 +98,23 @@ def _hue_colour(hue: float, rng: np.random.Generator) -> list[float]:
 
 
 def _room_object(kind: str, size: float, x: float, z: float, yaw: float, material: str) -> dict:
-    """An object of height ~``size`` standing on the floor at (x, z)."""
+    """An object of height ~``size`` standing on the floor at (x, z): a fixed shape of height ~2 m
+    with ``scale`` = size / 2, so that its tessellation is made once and cached, not once per scene."""
     s = size / 2.0
-    base = {"material": material, "rotate": [0.0, round(yaw, 4), 0.0]}
+    base = {"material": material, "rotate": [0.0, round(yaw, 4), 0.0], "scale": s}
     if kind == "sphere":
-        return {**base, "shape": "sphere", "radius": s, "translate": _f((x, s, z))}
+        return {**base, "shape": "sphere", "radius": 1.0, "translate": _f((x, s, z))}
     if kind == "icosahedron":
-        return {**base, "shape": "sphere", "radius": s, "subdivisions": 0, "smooth": False, "translate": _f((x, s, z))}
+        return {**base, "shape": "sphere", "radius": 1.0, "subdivisions": 0, "smooth": False, "translate": _f((x, s, z))}
     if kind == "cube":
-        e = size / math.sqrt(3.0) * 1.2
-        return {**base, "shape": "box", "size": _f((e, e, e)), "translate": _f((x, e / 2, z))}
+        e = 2.0 / math.sqrt(3.0) * 1.2
+        return {**base, "shape": "box", "size": _f((e, e, e)), "translate": _f((x, e * s / 2, z))}
     if kind in ("cylinder", "cone"):
-        return {**base, "shape": kind, "radius": round(s * 0.8, 6), "height": size, "translate": _f((x, s, z))}
+        return {**base, "shape": kind, "radius": 0.8, "height": 2.0, "translate": _f((x, s, z))}
     if kind == "capsule":
-        return {**base, "shape": "capsule", "radius": round(s * 0.5, 6), "height": size, "translate": _f((x, s, z))}
+        return {**base, "shape": "capsule", "radius": 0.5, "height": 2.0, "translate": _f((x, s, z))}
     if kind == "torus":
-        minor = round(s * 0.3, 6)
-        return {**base, "shape": "torus", "major_radius": round(s * 0.8, 6), "minor_radius": minor,
-                "translate": _f((x, minor, z))}
+        return {**base, "shape": "torus", "major_radius": 0.8, "minor_radius": 0.3, "translate": _f((x, 0.3 * s, z))}
     raise ValueError(f"unknown room object {kind!r}")
 
 

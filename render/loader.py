@@ -267,7 +267,9 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             raise SceneError(source, field_path(loc + ("scale",)), f"{what}scale {spec.scale} has a zero component; expected non-zero scales")
         local, params = _object_soup(spec, source, base_dir, loc)
         p, n, uv = apply_transform(local, spec.translate, spec.rotate, spec.scale)
-        area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
+        area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
         keep = np.isfinite(area) & (area > MIN_TRIANGLE_AREA) & np.isfinite(n).all(axis=(1, 2))
         if not keep.any():
             what = "light" if materials[mat_index[spec.material]].type == "emitter" else "object"

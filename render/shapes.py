@@ -194,10 +194,17 @@ def rotation_xyz(deg) -> np.ndarray:
     Entries within 1e-15 of 0 or +-1 are snapped, so quarter turns are exact (cos 90 degrees is
     6e-17 in floating point); otherwise two walls meeting at a corner would not share the corner
     vertex bit for bit and a watertight rasterizer could show a crack between them.
+    Returns a read-only array, cached per angle triple (datasets repeat the same few rotations).
     """
-    r = _rot_z(deg[2]) @ _rot_y(deg[1]) @ _rot_x(deg[0])
+    return _rotation_xyz(*(float(a) for a in deg))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rotation_xyz(ax: float, ay: float, az: float) -> np.ndarray:
+    r = _rot_z(az) @ _rot_y(ay) @ _rot_x(ax)
     r[np.abs(r) < 1e-15] = 0.0
     r[np.abs(np.abs(r) - 1.0) < 1e-15] = np.sign(r[np.abs(np.abs(r) - 1.0) < 1e-15])
+    r.flags.writeable = False
     return r
 
 
@@ -207,10 +214,11 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     p, n, uv = s
     sc = np.asarray(scale, np.float64)
     r = rotation_xyz(rotate)
-    p2 = (p * sc) @ r.T + np.asarray(translate, np.float64)
-    n2 = (n / sc) @ r.T
+    # (3T, 3) @ (3, 3): one matrix product, not T stacked 3 x 3 ones
+    p2 = ((p * sc).reshape(-1, 3) @ r.T).reshape(p.shape) + np.asarray(translate, np.float64)
+    n2 = ((n / sc).reshape(-1, 3) @ r.T).reshape(n.shape)
     with np.errstate(invalid="ignore", divide="ignore"):  # degenerate input is dropped by the loader
-        n2 /= np.linalg.norm(n2, axis=-1, keepdims=True)
+        n2 /= np.sqrt(np.einsum("...i,...i->...", n2, n2))[..., None]
     if np.prod(sc) < 0:
         order = [0, 2, 1]
         p2, n2, uv = p2[:, order], n2[:, order], uv[:, order]

@@ -189,7 +189,9 @@ def test_mutated_scenes_are_refused_cleanly(mesh_dir, data):
     expect_refusal, words = True, []
     if kind == "wrong_type":
         path, value = data.draw(st.sampled_from(list(leaves(desc))))
-        new = data.draw(WRONG_VALUES.filter(lambda x: _category(x) != _category(value)))
+        uniform_scale = path[-1] == "scale"  # a single number is a valid scale as well as a list of 3
+        new = data.draw(WRONG_VALUES.filter(lambda x: _category(x) != _category(value)
+                                            and not (uniform_scale and _category(x) == "number")))
         set_at(desc, path, new)
         words = [field_text(path[:2])]
     elif kind == "nan":
