@@ -632,43 +632,50 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
 
 
 @njit(cache=True, error_model="numpy")
-def render_view(n, slot, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
-                mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
-                out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
-    """Render view n (rasterize at ssaa x resolution, then shade and resolve into out_*[n]) using
-    visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32 triangle, (.., 2) float32
-    barycentrics), reused across calls so big frames do not pay fresh page faults every time."""
+def render_view(n, slot, row0, row1, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env,
+                scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
+                mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
+                ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+    """Render output rows row0..row1 of view n (rasterize at ssaa x resolution, then shade and resolve
+    into out_*[n]) using visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32
+    triangle, (.., 2) float32 barycentrics), reused across calls so big frames do not pay fresh page
+    faults every time. Row bands of one view may run at once: each touches only its own rows."""
     zbuf = scratch_z[slot]
     tbuf = scratch_t[slot]
     bbuf = scratch_b[slot]
-    zbuf[:] = np.inf
-    tbuf[:] = -1
+    zbuf[row0 * ssaa:row1 * ssaa] = np.inf
+    tbuf[row0 * ssaa:row1 * ssaa] = -1
     hs = zbuf.shape[0]
     ws = zbuf.shape[1]
     dummy = np.zeros((1, 1), np.int32)
     sc = view_scene[n]
-    raster_triangles(pos, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
-                     zbuf, tbuf, bbuf, dummy, MODE_VISIBILITY)
+    raster_rows(pos, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
+                row0 * ssaa, row1 * ssaa, zbuf, tbuf, bbuf, dummy, MODE_VISIBILITY)
     shade_view(tbuf, bbuf, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, scene_env[sc], scene_envtex[sc], scene_amb[sc], view_cam[n], lights_f,
                lights_i, scene_light[sc, 0], scene_light[sc, 1], maps, shadows, bias_texels, ssaa, out_rgb[n],
-               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf, 0, out_rgb.shape[1])
+               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf, row0, row1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def render_views(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb,
-                 pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1,
-                 mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb,
-                 out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
-    """All views in parallel (one view per task: on few cores, parallel views beat parallel tiles).
+def render_views(bands, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                 scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+                 mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
+                 out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+    """In parallel: with bands == 1, one view per task, each in its pool thread's buffer (on few
+    cores, parallel views beat parallel tiles); with bands > 1 (one view only), that view split
+    into ``bands`` row bands sharing buffer 0 (each band tests every triangle against its rows).
     scratch_* hold one visibility buffer per pool thread."""
-    for n in prange(view_scene.shape[0]):
-        render_view(n, numba.get_thread_id(), view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
-                    scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
-                    mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i,
-                    maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z,
-                    scratch_t, scratch_b)
+    h = out_rgb.shape[1]
+    for task in prange(view_scene.shape[0] * bands):
+        n = task // bands
+        k = task % bands
+        slot = numba.get_thread_id() if bands == 1 else 0
+        render_view(n, slot, (h * k) // bands, (h * (k + 1)) // bands, view_scene, view_M, view_d, view_cam,
+                    scene_tri, scene_light, scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id,
+                    tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info,
+                    lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo,
+                    out_id, scratch_z, scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
@@ -677,13 +684,13 @@ def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_l
                         mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
                         bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
                         scratch_b):
-    """The same as ``render_views`` on one thread (a single view gains nothing from the thread pool)."""
+    """The same as ``render_views`` on one thread."""
     for n in range(view_scene.shape[0]):
-        render_view(n, 0, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                    scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior,
-                    mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
-                    bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
-                    scratch_b)
+        render_view(n, 0, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
+                    scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
+                    mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i,
+                    maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z,
+                    scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
