@@ -438,8 +438,8 @@ def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, pac
             index[id(scene)] = len(scenes)
             scenes.append(scene)
     packs = packs or {}
-    packed = _Packed.merge([packs.get(id(sc)) or _pack(sc, bool(shadows), area_samples, cube_res, dir_res)
-                            for sc in scenes])
+    packed = _Packed.merge([packs[id(sc)] if id(sc) in packs else _pack(sc, bool(shadows), area_samples, cube_res,
+                                                                         dir_res) for sc in scenes])
     frames: list[Frame | None] = [None] * len(pairs)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (_, cam) in enumerate(pairs):
