@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -110,13 +112,13 @@ def render_shard(config: DatasetConfig, index: int) -> tuple[dict[str, np.ndarra
     arrays: dict[str, np.ndarray] = {"viewpoints": viewpoints, "cameras": cameras,
                                      "fov": np.array([[c.fov for _, c in pairs[r * v:(r + 1) * v]] for r in range(s)], np.float32)}
     if config.renderer in ("raster", "both"):
-        from .rasterizer import rasterize_batch
+        from .rasterizer import rasterize_rgb
 
-        # Shadow maps sized to the views: the rasterizer's defaults (2048^2 directional maps) are
+        # Shadow maps sized to the views: the rasterizer's defaults (1024^2 directional maps) are
         # for full-size frames and would dominate the cost of 64x64 views.
-        frames = rasterize_batch(pairs, ssaa=config.ssaa, directional_resolution=shadow_map_size(config.size),
-                                 shadow_resolution=shadow_map_size(config.size))
-        arrays["images"] = np.stack([to_srgb8(f.rgb) for f in frames]).reshape(s, v, n, n, 3)
+        rgbs = rasterize_rgb(pairs, ssaa=config.ssaa, directional_resolution=shadow_map_size(config.size),
+                             shadow_resolution=shadow_map_size(config.size))
+        arrays["images"] = np.stack([to_srgb8(rgb) for rgb in rgbs]).reshape(s, v, n, n, 3)
     if config.renderer in ("path", "both"):
         from .pathtracer import pathtrace
 
@@ -158,13 +160,50 @@ def _check_same_settings(out: Path, config: DatasetConfig) -> None:
                              "use another --out folder or the same settings to resume")
 
 
-def generate(config: DatasetConfig, out: str | Path, *, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(config: DatasetConfig, shards: int) -> int:
+    """Processes for ``workers=0``: one per core for the rasterizer, one for the path tracer.
+
+    Rasterizing a 64 x 64 view takes about as long as building its scene and encoding its image in
+    Python, so one process cannot keep two cores busy (one process: ~1,450 views/s on 2 cores;
+    two processes with one rendering thread each: ~2,300). Taichi already runs one path-tracing
+    kernel on every core, and a second process would only compete for them.
+    """
+    if config.renderer != "raster":
+        return 1
+    return max(1, min(usable_cores(), shards))
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Pool initializer: split the cores between the processes (no oversubscription), and on Linux
+    die with the parent, so that a killed run leaves no worker behind still writing shards."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+
+def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_index: int = 0, num_shards: int = 1,
              progress: bool = True, on_shard: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generate (or resume) the shards ``j`` with ``j % num_shards == shard_index`` into ``out``.
 
     Complete shards already on disk whose checksums hold are kept; half-written ones are removed.
     After every shard the manifest (``manifest.json``, or ``manifest.part-i-of-n.json`` for one of n
     processes; join those with ``merge``) is rewritten atomically. Returns the manifest.
+    workers: processes rendering shards at once (0: ``auto_workers``); the bytes do not depend on it.
     """
     config.check()
     if not 0 <= shard_index < num_shards:
@@ -204,23 +243,64 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 1, shard_
         if on_shard is not None:
             on_shard(j)
 
+    if workers <= 0:
+        workers = auto_workers(config, len(todo))
     try:
         if workers <= 1 or len(todo) <= 1:
             for j in todo:
                 done(j, _make_shard(config, str(out), j)[1])
         else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_make_shard, config, str(out), j) for j in todo]
-                for fut in futures:  # in order, so the manifest grows in order
-                    j, digest, _ = fut.result()
-                    done(j, digest)
+            _generate_parallel(config, out, todo, workers, done)
     finally:
         if bar is not None:
             bar.close()
     manifest["seconds"] = round(time.perf_counter() - t_start, 3)  # informative only; not checksummed
     return manifest
+
+
+def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], workers: int,
+                       done: Callable[[int, str], None]) -> None:
+    """Render ``todo`` with this process and ``workers - 1`` spawned ones, the cores split evenly
+    between them. This process takes part rather than waiting: a fresh worker needs 1-2 s to
+    import and load its compiled kernels, about three shards' worth of this process's time.
+    Shards are reported to ``done`` in ``todo`` order, so the manifest grows in order."""
+    import multiprocessing as mp
+
+    import numba
+
+    threads = max(1, usable_cores() // workers)
+    pending = list(reversed(todo))  # next shard at the end
+    running: dict[int, Any] = {}
+    finished: dict[int, str] = {}
+    order = iter(todo)
+    next_done = next(order, None)
+
+    def report() -> None:
+        nonlocal next_done
+        while next_done is not None and next_done in finished:
+            done(next_done, finished.pop(next_done))
+            next_done = next(order, None)
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, before))
+    try:
+        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+            while pending or running:
+                while pending and len(running) < workers - 1:  # keep every worker fed, no more
+                    j = pending.pop()
+                    running[j] = pool.submit(_make_shard, config, str(out), j)
+                if pending:
+                    j = pending.pop()
+                    finished[j] = _make_shard(config, str(out), j)[1]
+                else:
+                    wait(running.values(), return_when=FIRST_COMPLETED)
+                for j in [j for j, fut in running.items() if fut.done()]:
+                    finished[j] = running.pop(j).result()[1]
+                report()
+    finally:
+        numba.set_num_threads(before)
+    report()
 
 
 def merge(out: str | Path) -> dict[str, Any]:

@@ -61,22 +61,11 @@ def _top_left_bias(ax, ay, bx, by):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc, dc, c1, c2, t, cull, width, height,
-                     row0, row1, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize one (clipped) triangle given per corner its clip x, y, w, view depth d and
-    barycentrics (b1, b2) in the original triangle; inlined, so corners travel as scalars.
-    Only pixel rows row0 <= i < row1 are touched (a band of the image)."""
-    iwa = 1.0 / wa
-    iwb = 1.0 / wb
-    iwc = 1.0 / wc
-    sub_w = width * SUBPIXEL * 0.5
-    sub_h = height * SUBPIXEL * 0.5
-    x0 = np.int64(math.floor((xa * iwa + 1.0) * sub_w + 0.5))
-    y0 = np.int64(math.floor((1.0 - ya * iwa) * sub_h + 0.5))
-    x1 = np.int64(math.floor((xb * iwb + 1.0) * sub_w + 0.5))
-    y1 = np.int64(math.floor((1.0 - yb * iwb) * sub_h + 0.5))
-    x2 = np.int64(math.floor((xc * iwc + 1.0) * sub_w + 0.5))
-    y2 = np.int64(math.floor((1.0 - yc * iwc) * sub_h + 0.5))
+def _raster_snapped(x0, y0, iwa, da, a1, a2, x1, y1, iwb, db, b1, b2, x2, y2, iwc, dc, c1, c2, t, cull, width, height,
+                    row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize one triangle given per corner its snapped raster position (x, y fixed point, see
+    ``_snap``), 1/w, view depth d and barycentrics (b1, b2) in the original triangle; inlined, so
+    corners travel as scalars. Only pixel rows row0 <= i < row1 are touched (a band of the image)."""
     min_x = min(x0, min(x1, x2))
     max_x = max(x0, max(x1, x2))
     min_y = min(y0, min(y1, y2))
@@ -123,24 +112,25 @@ def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc,
     bias0 = _top_left_bias(x1, y1, x2, y2)
     bias1 = _top_left_bias(x2, y2, x0, y0)
     bias2 = _top_left_bias(x0, y0, x1, y1)
-    inv_area = 1.0 / area
     for i in range(i0, i1 + 1):
         e0 = r0
         e1 = r1
         e2 = r2
         for j in range(j0, j1 + 1):
             if (e0 + bias0) >= 0 and (e1 + bias1) >= 0 and (e2 + bias2) >= 0:
-                # Screen-space barycentrics e_k/area, divided by w_k and renormalised, are the
-                # perspective-correct weights (attributes over w are linear in screen space).
-                l0 = e0 * inv_area * w0
-                l1 = e1 * inv_area * w1
-                l2 = e2 * inv_area * w2
-                s = 1.0 / (l0 + l1 + l2)
-                z = (l0 * d0 + l1 * d1 + l2 * d2) * s
+                # Screen-space barycentrics e_k / area, divided by w_k and renormalised, are the
+                # perspective-correct weights (attributes over w are linear in screen space); the
+                # renormalisation makes the 1 / area factor unnecessary.
+                l0 = e0 * w0
+                l1 = e1 * w1
+                l2 = e2 * w2
+                den = l0 + l1 + l2
+                num = l0 * d0 + l1 * d1 + l2 * d2
                 if mode == MODE_COUNT:
                     count[i, j] += 1
-                elif z < zbuf[i, j]:
-                    zbuf[i, j] = z
+                elif num < zbuf[i, j] * den:  # z = num / den < stored depth; divide only on a pass
+                    s = 1.0 / den
+                    zbuf[i, j] = num * s
                     if mode == MODE_VISIBILITY:
                         tbuf[i, j] = t
                         bbuf[i, j, 0] = (l0 * b01 + l1 * b11 + l2 * b21) * s
@@ -153,21 +143,44 @@ def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc,
         r2 += sy2
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _snap(x, y, iw, sub_w, sub_h):
+    """Raster position of clip (x, y) with 1/w = iw, in fixed point (1/SUBPIXEL pixel, y down)."""
+    return (np.int64(math.floor((x * iw + 1.0) * sub_w + 0.5)),
+            np.int64(math.floor((1.0 - y * iw) * sub_h + 0.5)))
+
+
+def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc, dc, c1, c2, t, cull, width, height,
+                     row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """``_raster_snapped`` for a triangle given by clip x, y, w per corner (the clipped path)."""
+    sub_w = width * SUBPIXEL * 0.5
+    sub_h = height * SUBPIXEL * 0.5
+    iwa = 1.0 / wa
+    iwb = 1.0 / wb
+    iwc = 1.0 / wc
+    x0, y0 = _snap(xa, ya, iwa, sub_w, sub_h)
+    x1, y1 = _snap(xb, yb, iwb, sub_w, sub_h)
+    x2, y2 = _snap(xc, yc, iwc, sub_w, sub_h)
+    _raster_snapped(x0, y0, iwa, da, a1, a2, x1, y1, iwb, db, b1, b2, x2, y2, iwc, dc, c1, c2, t, cull, width, height,
+                    row0, row1, zbuf, tbuf, bbuf, count, mode)
+
+
 # The clipping path is rare: an out-of-line copy there keeps compile time down.
-_raster_clipped = njit(cache=True, error_model="numpy")(_raster_triangle.py_func)
+_raster_clipped = njit(cache=True, error_model="numpy")(_raster_triangle)
 
 
 @njit(cache=True, error_model="numpy")
-def raster_triangles(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize triangles ``t0..t1`` of ``pos`` into the whole image (see ``raster_rows``)."""
-    raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, 0, height, zbuf, tbuf, bbuf, count, mode)
+def raster_triangles(pts, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize triangles ``t0..t1`` of ``pts`` into the whole image (see ``raster_rows``)."""
+    raster_rows(pts, chunks, t0, t1, tri_cull, M, dvec, width, height, 0, height, zbuf, tbuf, bbuf, count, mode)
 
 
 @njit(cache=True, error_model="numpy")
-def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
-    """Rasterize triangles ``t0..t1`` of ``pos`` into pixel rows row0..row1 of the buffers.
+def raster_rows(pts, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """Rasterize triangles ``t0..t1`` of ``pts`` into pixel rows row0..row1 of the buffers.
 
-    pos: (T, 3, 3) float32 world-space corners. chunks: (C, 2, 3) float64 bounds (lo, hi) of
+    pts: (3, 3T) float32 world-space corners coordinate-major (``corner_rows``: x of every corner,
+    then y, then z), so the transform loop reads each coordinate contiguously. chunks: (C, 2, 3) float64 bounds (lo, hi) of
     triangles [k*CHUNK, (k+1)*CHUNK), see ``chunk_bounds``. tri_cull: (T,) int32, 1 = cull back faces.
     M: (4, 4) float64 world -> clip; dvec: (4,) float64 world -> view depth.
     zbuf: (H, W) float32 view depth, initialised to inf; tbuf: (H, W) int32 triangle index;
@@ -188,16 +201,24 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
     m20, m21, m22, m23 = M[2, 0], M[2, 1], M[2, 2], M[2, 3]
     m30, m31, m32, m33 = M[3, 0], M[3, 1], M[3, 2], M[3, 3]
     d0, d1, d2, d3 = dvec[0], dvec[1], dvec[2], dvec[3]
-    pf = pos.reshape((-1, 3))  # (3T, 3) corners
     cx = np.empty(3 * CHUNK)
     cy = np.empty(3 * CHUNK)
     cz = np.empty(3 * CHUNK)
     cw = np.empty(3 * CHUNK)
     cd = np.empty(3 * CHUNK)
     codes = np.empty(3 * CHUNK, np.int64)
+    ciw = np.empty(3 * CHUNK)
+    sx = np.empty(3 * CHUNK, np.int64)
+    sy = np.empty(3 * CHUNK, np.int64)
+    sub_w = width * SUBPIXEL * 0.5
+    sub_h = height * SUBPIXEL * 0.5
+    half_h = 0.5 * height
+    banded = row0 > 0 or row1 < height
     for ch in range(t0 // CHUNK, (t1 + CHUNK - 1) // CHUNK):
         # Skip a chunk whose bounding box lies outside one plane of the view frustum.
         box_all = 15 + 16
+        ylo = np.inf
+        yhi = -np.inf
         for bx in range(2):
             for by in range(2):
                 for bz in range(2):
@@ -209,16 +230,26 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
                     z = m20 * px + m21 * py + m22 * pz + m23
                     w = m30 * px + m31 * py + m32 * pz + m33
                     box_all &= (x > w) * 1 + (x < -w) * 2 + (y > w) * 4 + (y < -w) * 8 + (z + w < 0.0) * 16
+                    if w > 0.0:
+                        ylo = min(ylo, y / w)
+                        yhi = max(yhi, y / w)
+                    else:
+                        ylo = -np.inf
+                        yhi = np.inf
         if box_all != 0:
             continue
+        if banded:
+            # Rows the chunk's box can reach (raster y runs down), with a row of margin.
+            if (1.0 - yhi) * half_h > row1 + 1.0 or (1.0 - ylo) * half_h < row0 - 1.0:
+                continue
         tb = max(t0, ch * CHUNK)
         te = min(t1, (ch + 1) * CHUNK)
         # Transform the chunk's corners in one straight loop (the compiler can vectorise it).
         for v in range(3 * (te - tb)):
             q = 3 * tb + v
-            px = np.float64(pf[q, 0])
-            py = np.float64(pf[q, 1])
-            pz = np.float64(pf[q, 2])
+            px = np.float64(pts[0, q])
+            py = np.float64(pts[1, q])
+            pz = np.float64(pts[2, q])
             x = m00 * px + m01 * py + m02 * pz + m03
             y = m10 * px + m11 * py + m12 * pz + m13
             z = m20 * px + m21 * py + m22 * pz + m23
@@ -228,6 +259,10 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
             cz[v] = z
             cw[v] = w
             cd[v] = d0 * px + d1 * py + d2 * pz + d3
+            # Snapped here, in the straight loop, rather than per triangle: each corner once.
+            iw = 1.0 / w
+            ciw[v] = iw
+            sx[v], sy[v] = _snap(x, y, iw, sub_w, sub_h)
             # Bits 0-5: the clip planes of ``planes`` (near, far, guard band); bits 6-9: the viewport's
             # sides, used only to reject (the guard band makes clipping against them unnecessary).
             codes[v] = ((z + w < 0.0) * 1 + (w - z < 0.0) * 2 + (x + g * w < 0.0) * 4 + (g * w - x < 0.0) * 8
@@ -240,9 +275,9 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
             cull = tri_cull[t] != 0
             crossed = (codes[v] | codes[v + 1] | codes[v + 2]) & 63
             if crossed == 0:
-                _raster_triangle(cx[v], cy[v], cw[v], cd[v], 0.0, 0.0, cx[v + 1], cy[v + 1], cw[v + 1], cd[v + 1],
-                                 1.0, 0.0, cx[v + 2], cy[v + 2], cw[v + 2], cd[v + 2], 0.0, 1.0, t, cull, width,
-                                 height, row0, row1, zbuf, tbuf, bbuf, count, mode)
+                _raster_snapped(sx[v], sy[v], ciw[v], cd[v], 0.0, 0.0, sx[v + 1], sy[v + 1], ciw[v + 1], cd[v + 1],
+                                1.0, 0.0, sx[v + 2], sy[v + 2], ciw[v + 2], cd[v + 2], 0.0, 1.0, t, cull, width,
+                                height, row0, row1, zbuf, tbuf, bbuf, count, mode)
                 continue
             for k in range(3):
                 poly[k, 0] = cx[v + k]
@@ -285,20 +320,20 @@ def raster_rows(pos, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def render_shadow_maps(pos, chunks, job_tri, job_M, job_d, job_off, job_res, maps):
+def render_shadow_maps(pts, chunks, job_tri, job_M, job_d, job_off, job_res, maps):
     """Depth-only renders for every shadow-map face, in parallel over faces.
 
     job_tri: (J, 2) int64 triangle range; job_M: (J, 4, 4); job_d: (J, 4); job_off: (J,) int64
     offset into ``maps``; job_res: (J,) int64 side R. maps: flat float32, face j is
     maps[off : off + R*R] as (R, R) view depth along the face's axis (inf where empty).
     """
-    no_cull = np.zeros(pos.shape[0], np.int32)
+    no_cull = np.zeros(pts.shape[1] // 3, np.int32)
     dummy_t = np.zeros((1, 1), np.int32)
     dummy_b = np.zeros((1, 1, 2), np.float32)
     for j in prange(job_tri.shape[0]):
         r = job_res[j]
         face = maps[job_off[j]:job_off[j] + r * r].reshape((r, r))
-        raster_triangles(pos, chunks, job_tri[j, 0], job_tri[j, 1], no_cull, job_M[j], job_d[j], r, r, face,
+        raster_triangles(pts, chunks, job_tri[j, 0], job_tri[j, 1], no_cull, job_M[j], job_d[j], r, r, face,
                          dummy_t, dummy_b, dummy_t, MODE_DEPTH)
 
 
@@ -497,8 +532,6 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     nx = b0 * nrm[t, 0, 0] + b1 * nrm[t, 1, 0] + b2 * nrm[t, 2, 0]
                     ny = b0 * nrm[t, 0, 1] + b1 * nrm[t, 1, 1] + b2 * nrm[t, 2, 1]
                     nz = b0 * nrm[t, 0, 2] + b1 * nrm[t, 1, 2] + b2 * nrm[t, 2, 2]
-                    u = b0 * uvs[t, 0, 0] + b1 * uvs[t, 1, 0] + b2 * uvs[t, 2, 0]
-                    v = b0 * uvs[t, 0, 1] + b1 * uvs[t, 1, 1] + b2 * uvs[t, 2, 1]
                     e1x = pos[t, 1, 0] - pos[t, 0, 0]
                     e1y = pos[t, 1, 1] - pos[t, 0, 1]
                     e1z = pos[t, 1, 2] - pos[t, 0, 2]
@@ -508,11 +541,9 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     gx = np.float64(e1y * e2z - e1z * e2y)
                     gy = np.float64(e1z * e2x - e1x * e2z)
                     gz = np.float64(e1x * e2y - e1y * e2x)
-                    # One division per normalisation: divisions dominate this loop's arithmetic.
-                    inv = 1.0 / math.sqrt(gx * gx + gy * gy + gz * gz)
-                    gx *= inv
-                    gy *= inv
-                    gz *= inv
+                    # g stays unnormalised (the side tests need only signs) until a shadow lookup
+                    # or a missing shading normal needs it: divisions and roots dominate this loop.
+                    g_unit = False
                     nl = nx * nx + ny * ny + nz * nz
                     if nl > 0.0:
                         inv = 1.0 / math.sqrt(nl)
@@ -520,6 +551,11 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                         ny *= inv
                         nz *= inv
                     else:
+                        inv = 1.0 / math.sqrt(gx * gx + gy * gy + gz * gz)
+                        gx *= inv
+                        gy *= inv
+                        gz *= inv
+                        g_unit = True
                         nx = gx
                         ny = gy
                         nz = gz
@@ -532,16 +568,23 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                     vx = cam[0] - px
                     vy = cam[1] - py
                     vz = cam[2] - pz
-                    inv = 1.0 / math.sqrt(vx * vx + vy * vy + vz * vz)
-                    vx *= inv
-                    vy *= inv
-                    vz *= inv
                     front = gx * vx + gy * vy + gz * vz > 0.0
                     if not front:
                         # Non-emitters scatter on both sides: shade the back with flipped normals.
                         gx, gy, gz, nx, ny, nz = -gx, -gy, -gz, -nx, -ny, -nz
                     m = mat_id[t]
                     kind = mtype[m]
+                    if kind == METAL or kind == GLASS:  # only the specular lobes need a unit v
+                        inv = 1.0 / math.sqrt(vx * vx + vy * vy + vz * vz)
+                        vx *= inv
+                        vy *= inv
+                        vz *= inv
+                    if mtex[m] >= 0 or mchk[m]:
+                        u = b0 * uvs[t, 0, 0] + b1 * uvs[t, 1, 0] + b2 * uvs[t, 2, 0]
+                        v = b0 * uvs[t, 0, 1] + b1 * uvs[t, 1, 1] + b2 * uvs[t, 2, 1]
+                    else:
+                        u = 0.0
+                        v = 0.0
                     if mtex[m] >= 0:
                         _sample_texture(tex_data, tex_info, mtex[m], u, v, tx)
                         cr = tx[0]
@@ -604,6 +647,12 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                         if cs <= 0.0:
                             continue
                         if shadows and lights_i[k, 2] > 0:
+                            if not g_unit:
+                                inv = 1.0 / math.sqrt(gx * gx + gy * gy + gz * gz)
+                                gx *= inv
+                                gy *= inv
+                                gz *= inv
+                                g_unit = True
                             if _shadow_visible(lights_f, lights_i, k, maps, px, py, pz, gx, gy, gz,
                                                bias_texels) == 0.0:
                                 continue
@@ -632,12 +681,12 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
 
 
 @njit(cache=True, error_model="numpy")
-def render_view(n, slot, row0, row1, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env,
-                scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
+def render_view(n, slot, aov, row0, row1, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env,
+                scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
                 mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
                 ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """Render output rows row0..row1 of view n (rasterize at ssaa x resolution, then shade and resolve
-    into out_*[n]) using visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32
+    into out_rgb[n] and the AOV outputs out_depth[aov], ...) using visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32
     triangle, (.., 2) float32 barycentrics), reused across calls so big frames do not pay fresh page
     faults every time. Row bands of one view may run at once: each touches only its own rows."""
     zbuf = scratch_z[slot]
@@ -649,58 +698,62 @@ def render_view(n, slot, row0, row1, view_scene, view_M, view_d, view_cam, scene
     ws = zbuf.shape[1]
     dummy = np.zeros((1, 1), np.int32)
     sc = view_scene[n]
-    raster_rows(pos, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
+    raster_rows(pts, chunks, scene_tri[sc, 0], scene_tri[sc, 1], tri_cull, view_M[n], view_d[n], ws, hs,
                 row0 * ssaa, row1 * ssaa, zbuf, tbuf, bbuf, dummy, MODE_VISIBILITY)
     shade_view(tbuf, bbuf, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2,
                mscale, tex_data, tex_info, scene_env[sc], scene_envtex[sc], scene_amb[sc], view_cam[n], lights_f,
                lights_i, scene_light[sc, 0], scene_light[sc, 1], maps, shadows, bias_texels, ssaa, out_rgb[n],
-               out_depth[n], out_normal[n], out_albedo[n], out_id[n], zbuf, row0, row1)
+               out_depth[aov], out_normal[aov], out_albedo[aov], out_id[aov], zbuf, row0, row1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def render_views(bands, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                 scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
+def render_views(bands, aovs, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                 scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
                  mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
                  out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """In parallel: with bands == 1, one view per task, each in its pool thread's buffer (on few
     cores, parallel views beat parallel tiles); with bands > 1 (one view only), that view split
-    into ``bands`` row bands sharing buffer 0 (each band tests every triangle against its rows).
-    scratch_* hold one visibility buffer per pool thread."""
+    into ``bands`` row bands sharing buffer 0 (each band culls the triangles outside its rows by
+    their chunk's bounding box). scratch_* hold one visibility buffer per pool thread. aovs False:
+    out_depth, out_normal, out_albedo and out_id hold one throw-away image per pool thread instead
+    of one per view (callers that keep only rgb skip allocating them)."""
     h = out_rgb.shape[1]
     for task in prange(view_scene.shape[0] * bands):
         n = task // bands
         k = task % bands
         slot = numba.get_thread_id() if bands == 1 else 0
-        render_view(n, slot, (h * k) // bands, (h * (k + 1)) // bands, view_scene, view_M, view_d, view_cam,
-                    scene_tri, scene_light, scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id,
-                    tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info,
+        aov = n if aovs else slot
+        render_view(n, slot, aov, (h * k) // bands, (h * (k + 1)) // bands, view_scene, view_M,
+                    view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm,
+                    uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info,
                     lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo,
                     out_id, scratch_z, scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
-def render_views_serial(view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                        scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
+def render_views_serial(aovs, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
+                        scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
                         mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
                         bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
                         scratch_b):
     """The same as ``render_views`` on one thread."""
     for n in range(view_scene.shape[0]):
-        render_view(n, 0, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
-                    scene_env, scene_envtex, scene_amb, pos, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
+        aov = n if aovs else 0
+        render_view(n, 0, aov, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri,
+                    scene_light, scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
                     mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i,
                     maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z,
                     scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
-def coverage_count(pos, chunks, tri_cull, M, dvec, width, height):
+def coverage_count(pts, chunks, tri_cull, M, dvec, width, height):
     """(H, W) int32: how many fragments each pixel receives (no depth test). For watertightness tests."""
     count = np.zeros((height, width), np.int32)
     z = np.zeros((1, 1), np.float32)
     t = np.zeros((1, 1), np.int32)
     b = np.zeros((1, 1, 2), np.float32)
-    raster_triangles(pos, chunks, 0, pos.shape[0], tri_cull, M, dvec, width, height, z, t, b, count, MODE_COUNT)
+    raster_triangles(pts, chunks, 0, pts.shape[1] // 3, tri_cull, M, dvec, width, height, z, t, b, count, MODE_COUNT)
     return count
 
 
@@ -739,3 +792,10 @@ def chunk_bounds(pos):
                     out[ch, 0, c] = min(out[ch, 0, c], x)
                     out[ch, 1, c] = max(out[ch, 1, c], x)
     return out
+
+
+def corner_rows(pos: np.ndarray) -> np.ndarray:
+    """(3, 3T) float32 C-contiguous: the corners of (T, 3, 3) triangles ``pos`` coordinate-major
+    (all x, then all y, then all z), the layout ``raster_rows`` reads. Contiguous loads let its
+    transform loop vectorise: 1.3x faster rasterization than reading (T, 3, 3) directly."""
+    return np.ascontiguousarray(np.asarray(pos, np.float32).reshape(-1, 3).T)

@@ -288,12 +288,13 @@ class _Packed:
                           np.float32)
         self.tex_info = np.array([(sum(sizes[:k]), im.shape[0], im.shape[1]) for k, im in enumerate(images)],
                                  np.int64).reshape(-1, 3)
+        self.pts = K.corner_rows(self.pos)
         self.chunks = K.chunk_bounds(self.pos)
         self.lights_f, self.lights_i, faces, size = _scene_lights(scene, self.pos, shadows, area_samples, cube_res,
                                                                   dir_res)
         self.maps = np.full(max(size, 1), np.inf, np.float32)
         if faces:
-            K.render_shadow_maps(self.pos, self.chunks, np.array([(0, T)] * len(faces), np.int64),
+            K.render_shadow_maps(self.pts, self.chunks, np.array([(0, T)] * len(faces), np.int64),
                                  np.array([f[0] for f in faces], np.float64),
                                  np.array([f[1] for f in faces], np.float64),
                                  np.array([f[2] for f in faces], np.int64), np.array([f[3] for f in faces], np.int64),
@@ -337,40 +338,62 @@ class _Packed:
         self.scene_tri = self.scene_tri + np.asarray(cuts["t"])[:, None]
         self.scene_light = self.scene_light + np.asarray(cuts["l"])[:, None]
         self.scene_envtex = np.where(self.scene_envtex >= 0, self.scene_envtex + np.asarray(cuts["tx"]), -1)
+        self.pts = np.concatenate([p.pts for p in packs], axis=1)
         self.chunks = K.chunk_bounds(self.pos)
         return self
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in (*self.ARRAYS, "pts", "chunks"))
 
     def kernel_args(self):
         """The scene arrays in the order ``raster_kernels.render_views`` takes them after the views."""
         return (self.scene_tri, self.scene_light, self.scene_env, self.scene_envtex, self.scene_amb, self.pos,
-                self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase,
+                self.pts, self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase,
                 self.mrad, self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale,
                 self.tex_data, self.tex_info, self.lights_f, self.lights_i, self.maps)
 
 
-# A few recently packed scenes (with their shadow maps), so rendering many views of one scene packs
-# it once, as an OpenGL program keeps its vertex buffers. Keys hold the scene weakly.
-_PACK_CACHE: "OrderedDict[tuple, tuple[weakref.ref, _Packed]]" = OrderedDict()
-PACK_CACHE_SIZE = 8
+# Recently packed scenes (with their shadow maps), so rendering many views of one scene packs it
+# once, as an OpenGL program keeps its vertex buffers. Bounded by memory rather than count (a packed
+# 100k-triangle scene is ~12 MB, a dataset room ~1 MB): at most PACK_CACHE_BYTES, least recently used
+# first out, and an entry goes as soon as its scene is garbage collected.
+_PACK_CACHE: OrderedDict[tuple, tuple[weakref.ref, _Packed, int]] = OrderedDict()
+PACK_CACHE_BYTES = 256 << 20
+_pack_cache_bytes = 0
+
+
+def _pack_cache_drop(key: tuple, ref: weakref.ref | None = None) -> None:
+    """Remove ``key`` (only if its entry still holds ``ref``, when given)."""
+    global _pack_cache_bytes
+    entry = _PACK_CACHE.get(key)
+    if entry is not None and (ref is None or entry[0] is ref):
+        del _PACK_CACHE[key]
+        _pack_cache_bytes -= entry[2]
 
 
 def _pack(scene: Scene, *settings) -> _Packed:
-    key = (id(scene),) + settings
+    global _pack_cache_bytes
+    key = (id(scene), *settings)
     hit = _PACK_CACHE.get(key)
     if hit is not None and hit[0]() is scene:
         _PACK_CACHE.move_to_end(key)
         return hit[1]
+    _pack_cache_drop(key)
     packed = _Packed.single(scene, *settings)
-    _PACK_CACHE[key] = (weakref.ref(scene), packed)
-    while len(_PACK_CACHE) > PACK_CACHE_SIZE:
-        _PACK_CACHE.popitem(last=False)
+    size = packed.nbytes()
+    _PACK_CACHE[key] = (weakref.ref(scene, lambda ref, key=key: _pack_cache_drop(key, ref)), packed, size)
+    _pack_cache_bytes += size
+    while _pack_cache_bytes > PACK_CACHE_BYTES and len(_PACK_CACHE) > 1:
+        _pack_cache_drop(next(iter(_PACK_CACHE)))
     return packed
 
 
-# Visibility buffers kept between calls (one set, for the latest size), so that a big frame does
-# not pay for fresh pages every time. A second thread rendering at the same time gets its own.
-_SCRATCH: dict = {}
+# Visibility buffers kept between calls (the most recent sizes, up to SCRATCH_BYTES), so that a big
+# frame does not pay for fresh pages every time. A second thread rendering at the same time gets
+# its own.
+_SCRATCH: OrderedDict[tuple, tuple] = OrderedDict()
 _SCRATCH_LOCK = threading.Lock()
+SCRATCH_BYTES = 64 << 20
 
 
 @contextlib.contextmanager
@@ -384,9 +407,12 @@ def _scratch(slots: int, h: int, w: int):
         return
     try:
         key = (slots, h, w)
-        if key not in _SCRATCH:
-            _SCRATCH.clear()
+        if key in _SCRATCH:
+            _SCRATCH.move_to_end(key)
+        else:
             _SCRATCH[key] = fresh()
+            while len(_SCRATCH) > 1 and sum(a.nbytes for v in _SCRATCH.values() for a in v) > SCRATCH_BYTES:
+                _SCRATCH.popitem(last=False)
         yield _SCRATCH[key]
     finally:
         _SCRATCH_LOCK.release()
@@ -422,16 +448,17 @@ def _warm_up() -> float:
     _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
     cam = tiny.camera
     M, d, _ = _view_arrays(cam)
-    K.coverage_count(np.array(p), K.chunk_bounds(np.array(p)), np.zeros(2, np.int32), M, d, 4, 4)
+    K.coverage_count(K.corner_rows(p), K.chunk_bounds(np.array(p)), np.zeros(2, np.int32), M, d, 4, 4)
     _all_behind_near(tiny, cam)
     return time.perf_counter() - t0
 
 
 # --- public API -----------------------------------------------------------------------------------
-def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, packs=None) -> list[Frame]:
-    """Render pairs (all with triangles) into Frames without meta. ``packs``: {id(scene): _Packed}
-    already built by the caller (a batch of more scenes than the pack cache holds would otherwise
-    pack every scene, shadow maps included, a second time)."""
+def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, packs=None, aovs=True) -> list:
+    """Render pairs (all with triangles) into Frames without meta (aovs False: only their (H, W, 3)
+    rgb arrays, and the AOVs are never allocated). ``packs``: {id(scene): _Packed} already built by
+    the caller (a batch of more scenes than the pack cache holds would otherwise pack every scene,
+    shadow maps included, a second time)."""
     scenes, index = [], {}
     for scene, _ in pairs:
         if id(scene) not in index:
@@ -454,26 +481,29 @@ def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, pac
         view_d = np.ascontiguousarray(np.stack([v[1] for v in views]), np.float64)
         view_cam = np.ascontiguousarray(np.stack([v[2] for v in views]), np.float64)
         nv = len(ks)
-        rgb = np.empty((nv, h, w, 3), np.float32)
-        depth = np.empty((nv, h, w), np.float32)
-        normal = np.empty((nv, h, w, 3), np.float32)
-        albedo = np.empty((nv, h, w, 3), np.float32)
-        oid = np.empty((nv, h, w), np.int32)
         threads = numba.get_num_threads()
-        args = (view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows), float(SHADOW_BIAS_TEXELS),
-                int(ssaa), rgb, depth, normal, albedo, oid)
-        if parallel and nv > 1 and threads > 1:
-            with _scratch(numba.config.NUMBA_NUM_THREADS, h * ssaa, w * ssaa) as buffers:
+        mode = ("views" if parallel and nv > 1 and threads > 1 else
+                "bands" if parallel and threads > 1 and h >= BAND_MIN_ROWS else "serial")
+        slots = numba.config.NUMBA_NUM_THREADS if mode == "views" else 1
+        na = nv if aovs else slots  # AOV images: one per view, or one scratch image per thread
+        rgb = np.empty((nv, h, w, 3), np.float32)
+        depth = np.empty((na, h, w), np.float32)
+        normal = np.empty((na, h, w, 3), np.float32)
+        albedo = np.empty((na, h, w, 3), np.float32)
+        oid = np.empty((na, h, w), np.int32)
+        args = (bool(aovs), view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
+                float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid)
+        with _scratch(slots, h * ssaa, w * ssaa) as buffers:
+            if mode == "views":
                 K.render_views(1, *args, *buffers)
-        elif parallel and threads > 1 and h >= BAND_MIN_ROWS:
-            with _scratch(1, h * ssaa, w * ssaa) as buffers:
+            elif mode == "bands":
                 K.render_views(threads, *args, *buffers)
-        else:
-            with _scratch(1, h * ssaa, w * ssaa) as buffers:
+            else:
                 K.render_views_serial(*args, *buffers)
         for m, k in enumerate(ks):
-            frames[k] = Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
-    return frames  # type: ignore[return-value]
+            frames[k] = (Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
+                         if aovs else rgb[m])
+    return frames
 
 
 def _all_behind_near(scene: Scene, camera: Camera) -> bool:
@@ -497,8 +527,9 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     """Render many (scene, camera) pairs in one call; returns one ``Frame`` per pair, in order.
 
     pairs: (Scene, Camera or None for the scene's own camera). Views may differ in size and scene;
-        a scene's packed arrays and shadow maps are built once and kept for the 8 most recently
-        used (scene, settings), so many views of one scene, in one call or many, pay for them once.
+        a scene's packed arrays and shadow maps are built once and kept (the most recently used
+        (scene, settings) up to ``PACK_CACHE_BYTES``, while the scene lives), so many views of one
+        scene, in one call or many, pay for them once.
     ssaa: 1, 2 or 4 samples per pixel side, box-resolved.
     shadows: shadow maps for every light and area sample (False: every light is unoccluded).
     area_samples: point samples standing in for all emitter triangles of each scene.
@@ -513,6 +544,20 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     and views (the batch size).
     Raises RenderError for an unsupported ssaa or a resolution whose buffers would not fit in memory.
     """
+    return _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel, True)
+
+
+def rasterize_rgb(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int = 1, shadows: bool = True,
+                  area_samples: int = AREA_SAMPLES, shadow_resolution: int = CUBE_RESOLUTION,
+                  directional_resolution: int = DIRECTIONAL_RESOLUTION, parallel: bool = True) -> list[np.ndarray]:
+    """``rasterize_batch`` for callers that keep only the images (dataset generation): one (H, W, 3)
+    float32 linear rgb array per pair, the same numbers as the Frames' rgb, without allocating the
+    AOVs (at 64 x 64 that is 4x less fresh memory per view). The near-plane warning comes only from
+    the scene bounding-box test, not the exact per-triangle one."""
+    return _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel, False)
+
+
+def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel, aovs) -> list:
     pairs = [(s, c if c is not None else s.camera) for s, c in pairs]
     if not pairs:
         return []
@@ -526,7 +571,7 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     keep, packs = [], {}
     for k, (s, c) in enumerate(pairs):
         if s.num_triangles == 0:
-            warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=2)
+            warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=3)
             continue
         if id(s) not in packs:  # pairs keeps every scene alive, so its id is stable for this call
             packs[id(s)] = _pack(s, *settings)
@@ -534,14 +579,16 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
             _warn_near(s, c)
         else:
             keep.append(k)
-    frames: list[Frame | None] = [None] * len(pairs)
+    frames: list = [None] * len(pairs)
     if keep:
-        done = _render([pairs[k] for k in keep], ssaa, *settings, parallel, packs)
+        done = _render([pairs[k] for k in keep], ssaa, *settings, parallel, packs, aovs)
         for k, f in zip(keep, done):
             frames[k] = f
             s, c = pairs[k]
-            if f.object_id.max() < 0 and _all_behind_near(s, c):
+            if aovs and f.object_id.max() < 0 and _all_behind_near(s, c):
                 _warn_near(s, c)
+    if not aovs:
+        return [f if f is not None else np.zeros((c.height, c.width, 3), np.float32) for f, (_, c) in zip(frames, pairs)]
     frames = [f if f is not None else Frame.empty(c.height, c.width) for f, (_, c) in zip(frames, pairs)]
     elapsed = time.perf_counter() - t0
     for f in frames:
@@ -552,7 +599,7 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
 
 def _warn_near(scene: Scene, camera: Camera) -> None:
     warnings.warn(f"{scene.source}: every triangle is closer to the camera than its near plane "
-                  f"({camera.near} m); the frame is empty", stacklevel=3)
+                  f"({camera.near} m); the frame is empty", stacklevel=4)
 
 
 def _sizes(pairs) -> dict[tuple[int, int], int]:
@@ -586,7 +633,7 @@ def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> n
     two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
     tri_cull = (1 - two).astype(np.int32) if cull else np.zeros(scene.num_triangles, np.int32)
     pos = np.array(scene.positions, np.float32)
-    return K.coverage_count(pos, K.chunk_bounds(pos), tri_cull, M, d,
+    return K.coverage_count(K.corner_rows(pos), K.chunk_bounds(pos), tri_cull, M, d,
                             camera.width, camera.height)
 
 
@@ -604,7 +651,7 @@ def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, 
     tbuf = np.full((h, w), -1, np.int32)
     bbuf = np.empty((h, w, 2), np.float32)
     pos = np.array(scene.positions, np.float32)
-    K.raster_triangles(pos, K.chunk_bounds(pos), 0, scene.num_triangles,
+    K.raster_triangles(K.corner_rows(pos), K.chunk_bounds(pos), 0, scene.num_triangles,
                        (1 - two).astype(np.int32), M, d, w, h, zbuf, tbuf, bbuf, np.zeros((1, 1), np.int32),
                        K.MODE_VISIBILITY)
     return tbuf, zbuf

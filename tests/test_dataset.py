@@ -85,11 +85,11 @@ GEN = """
 import os, signal, sys
 from render.dataset import DatasetConfig, generate
 cfg = DatasetConfig("rooms_ring", scenes=7, views=3, size=16, shard_size=2, seed=11)
-kill_after = int(sys.argv[2])
+kill_after, workers = int(sys.argv[2]), int(sys.argv[3])
 def hook(j):
     if kill_after >= 0 and j >= kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
-generate(cfg, sys.argv[1], progress=False, on_shard=hook)
+generate(cfg, sys.argv[1], progress=False, on_shard=hook, workers=workers)
 """
 
 
@@ -99,11 +99,12 @@ def test_resume_after_kill_9_is_byte_identical(reference, tmp_path):
     script.write_text(GEN)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # killed right after shard 1 is complete
-    r = subprocess.run([sys.executable, str(script), str(out), "1"], env=env, capture_output=True)
+    r = subprocess.run([sys.executable, str(script), str(out), "1", "1"], env=env, capture_output=True)
     assert r.returncode == -signal.SIGKILL
     assert (out / "shard-00001").is_dir() and not (out / "shard-00002").exists()
     # killed from outside at an arbitrary moment while shards are being written
-    p = subprocess.Popen([sys.executable, str(script), str(out), "-1"], env=env)
+    # (with the default workers: this process and a spawned one, killed together with it)
+    p = subprocess.Popen([sys.executable, str(script), str(out), "-1", "0"], env=env)
     t0 = time.time()
     while not (out / "shard-00002").exists() and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.005)
@@ -112,7 +113,7 @@ def test_resume_after_kill_9_is_byte_identical(reference, tmp_path):
     # fake a half-written shard, as a kill during a write leaves one
     (out / ".shard-00003.tmp-junk").mkdir(exist_ok=True)
     (out / ".shard-00003.tmp-junk" / "images.npy").write_bytes(b"partial")
-    r = subprocess.run([sys.executable, str(script), str(out), "-1"], env=env, capture_output=True)
+    r = subprocess.run([sys.executable, str(script), str(out), "-1", "0"], env=env, capture_output=True)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert not list(out.glob(".shard-*"))
     same_tree(reference, out)

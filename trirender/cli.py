@@ -330,7 +330,8 @@ def dataset_generate(
     ssaa: int = typer.Option(1, help="Rasterizer supersampling per axis (1, 2, 4)."),
     seed: int = typer.Option(0, help="Seed: shards depend only on (seed, shard index)."),
     shard_size: int = typer.Option(100, help="Scenes per shard."),
-    workers: int = typer.Option(1, help="Processes rendering shards in parallel (renderers already use all cores)."),
+    workers: int = typer.Option(0, help="Processes rendering shards in parallel; 0: one per core for the rasterizer, "
+                                "one for the path tracer (which already uses every core)."),
     shard_index: int = typer.Option(0, help="This process's share: shards j with j % num_shards == shard_index."),
     num_shards: int = typer.Option(1, help="How many processes/machines share the work (join with `dataset merge`)."),
 ):
