@@ -281,6 +281,10 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
             done(next_done, finished.pop(next_done))
             next_done = next(order, None)
 
+    if config.renderer in ("raster", "both"):
+        from .rasterizer import warm_up
+
+        warm_up()  # compile (or load) the kernels here first, so the workers find them in numba's cache
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, before))
     try:

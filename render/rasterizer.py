@@ -453,6 +453,12 @@ def _warm_up() -> float:
     return time.perf_counter() - t0
 
 
+def warm_up() -> float:
+    """Compile every rasterizer kernel, or load it from numba's cache (``NUMBA_CACHE_DIR``); returns
+    the seconds spent (0 when this process already did). Other processes then load the cache."""
+    return _warm_up()
+
+
 # --- public API -----------------------------------------------------------------------------------
 def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, packs=None, aovs=True) -> list:
     """Render pairs (all with triangles) into Frames without meta (aovs False: only their (H, W, 3)
