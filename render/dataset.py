@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,7 +270,9 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
     import numba
 
     threads = max(1, usable_cores() // workers)
-    pending = list(reversed(todo))  # next shard at the end
+    # This process takes shards from the front, the workers from the back: the manifest and the
+    # progress bar (which follow todo order) then advance from the start, while the workers start up.
+    pending = deque(todo)
     running: dict[int, Any] = {}
     finished: dict[int, str] = {}
     order = iter(todo)
@@ -295,7 +298,7 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
                     j = pending.pop()
                     running[j] = pool.submit(_make_shard, config, str(out), j)
                 if pending:
-                    j = pending.pop()
+                    j = pending.popleft()
                     finished[j] = _make_shard(config, str(out), j)[1]
                 else:
                     wait(running.values(), return_when=FIRST_COMPLETED)

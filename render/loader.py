@@ -6,6 +6,7 @@ the file, the field path (``objects[3].material``) and what was expected.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -217,6 +218,30 @@ def _object_soup(spec, source: str, base_dir: Path, loc: tuple):
     return SHAPES[spec.shape](**params), params
 
 
+def _world_soup(local, translate, rotate, scale):
+    """Object -> world, and which triangles to keep (finite, with area above MIN_TRIANGLE_AREA)."""
+    p, n, uv = apply_transform(local, translate, rotate, scale)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
+    area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
+    keep = np.isfinite(area) & (area > MIN_TRIANGLE_AREA) & np.isfinite(n).all(axis=(1, 2))
+    return p, n, uv, keep
+
+
+def _freeze(params: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _world_shape(shape: str, params: tuple, translate: tuple, rotate: tuple, scale: tuple):
+    """``_world_soup`` of a built-in shape, memoised: procedural datasets place the same floor and
+    walls in every scene. The arrays are read-only, so no caller can change the cached copy."""
+    out = _world_soup(SHAPES[shape](**dict(params)), translate, rotate, scale)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 # --- the scene ----------------------------------------------------------------------------------
 def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str | Path = ".") -> Scene:
     """Validate a scene description (the TOML format as a dict) and build the ``Scene``.
@@ -266,11 +291,11 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             what = "zero-area light: " if materials[mat_index[spec.material]].type == "emitter" else ""
             raise SceneError(source, field_path(loc + ("scale",)), f"{what}scale {spec.scale} has a zero component; expected non-zero scales")
         local, params = _object_soup(spec, source, base_dir, loc)
-        p, n, uv = apply_transform(local, spec.translate, spec.rotate, spec.scale)
-        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
-        c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
-        area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
-        keep = np.isfinite(area) & (area > MIN_TRIANGLE_AREA) & np.isfinite(n).all(axis=(1, 2))
+        if spec.shape == "mesh":  # a file may change between loads: never cached
+            p, n, uv, keep = _world_soup(local, spec.translate, spec.rotate, spec.scale)
+        else:
+            p, n, uv, keep = _world_shape(spec.shape, _freeze(params), tuple(spec.translate), tuple(spec.rotate),
+                                          tuple(spec.scale))
         if not keep.any():
             what = "light" if materials[mat_index[spec.material]].type == "emitter" else "object"
             raise SceneError(source, field_path(loc), f"zero-area {what}: every triangle is degenerate; expected triangles with non-zero area")

@@ -214,10 +214,11 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     p, n, uv = s
     sc = np.asarray(scale, np.float64)
     r = rotation_xyz(rotate)
-    # (3T, 3) @ (3, 3): one matrix product, not T stacked 3 x 3 ones
-    p2 = ((p * sc).reshape(-1, 3) @ r.T).reshape(p.shape) + np.asarray(translate, np.float64)
-    n2 = ((n / sc).reshape(-1, 3) @ r.T).reshape(n.shape)
+    # (3T, 3) @ (3, 3): one matrix product with R S (and R S^-1) folded, not T stacked 3 x 3 ones
+    p2 = (p.reshape(-1, 3) @ (r * sc).T).reshape(p.shape)
+    p2 += np.asarray(translate, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):  # degenerate input is dropped by the loader
+        n2 = (n.reshape(-1, 3) @ (r / sc).T).reshape(n.shape)
         n2 /= np.sqrt(np.einsum("...i,...i->...", n2, n2))[..., None]
     if np.prod(sc) < 0:
         order = [0, 2, 1]
