@@ -232,10 +232,13 @@ def _freeze(params: dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
 
 
-@functools.lru_cache(maxsize=1024)
+WORLD_CACHE_MAX_TRIANGLES = 64  # placed shapes this small are memoised (at most 256 of them, ~13 MB)
+
+
+@functools.lru_cache(maxsize=256)
 def _world_shape(shape: str, params: tuple, translate: tuple, rotate: tuple, scale: tuple):
-    """``_world_soup`` of a built-in shape, memoised: procedural datasets place the same floor and
-    walls in every scene. The arrays are read-only, so no caller can change the cached copy."""
+    """``_world_soup`` of a small built-in shape, memoised: procedural datasets place the same floor
+    and walls in every scene. The arrays are read-only, so no caller can change the cached copy."""
     out = _world_soup(SHAPES[shape](**dict(params)), translate, rotate, scale)
     for a in out:
         a.flags.writeable = False
@@ -291,11 +294,11 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             what = "zero-area light: " if materials[mat_index[spec.material]].type == "emitter" else ""
             raise SceneError(source, field_path(loc + ("scale",)), f"{what}scale {spec.scale} has a zero component; expected non-zero scales")
         local, params = _object_soup(spec, source, base_dir, loc)
-        if spec.shape == "mesh":  # a file may change between loads: never cached
-            p, n, uv, keep = _world_soup(local, spec.translate, spec.rotate, spec.scale)
-        else:
+        if spec.shape != "mesh" and len(local[0]) <= WORLD_CACHE_MAX_TRIANGLES:
             p, n, uv, keep = _world_shape(spec.shape, _freeze(params), tuple(spec.translate), tuple(spec.rotate),
                                           tuple(spec.scale))
+        else:  # mesh files may change between loads; big shapes would make the cache big
+            p, n, uv, keep = _world_soup(local, spec.translate, spec.rotate, spec.scale)
         if not keep.any():
             what = "light" if materials[mat_index[spec.material]].type == "emitter" else "object"
             raise SceneError(source, field_path(loc), f"zero-area {what}: every triangle is degenerate; expected triangles with non-zero area")
