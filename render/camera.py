@@ -92,8 +92,14 @@ class Camera:
         return m
 
     def view_matrix(self) -> np.ndarray:
-        """(4, 4) float64 world-to-camera matrix (OpenGL ``lookAt``)."""
-        return np.linalg.inv(self.camera_to_world())
+        """(4, 4) float64 world-to-camera matrix (OpenGL ``lookAt``): the inverse of
+        ``camera_to_world``, written out (rows right, up, -forward; translation -R^T p)."""
+        r, u, f = self.basis()
+        p = np.asarray(self.position, np.float64)
+        m = np.eye(4)
+        m[0, :3], m[1, :3], m[2, :3] = r, u, -f
+        m[:3, 3] = -(m[:3, :3] @ p)
+        return m
 
     def projection_matrix(self) -> np.ndarray:
         """(4, 4) float64 OpenGL perspective matrix (clip z in [-w, w] between near and far)."""
