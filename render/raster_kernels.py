@@ -179,9 +179,10 @@ def raster_triangles(pts, chunks, t0, t1, tri_cull, M, dvec, width, height, zbuf
 def raster_rows(pts, chunks, t0, t1, tri_cull, M, dvec, width, height, row0, row1, zbuf, tbuf, bbuf, count, mode):
     """Rasterize triangles ``t0..t1`` of ``pts`` into pixel rows row0..row1 of the buffers.
 
-    pts: (3, 3T) float32 world-space corners coordinate-major (``corner_rows``: x of every corner,
-    then y, then z), so the transform loop reads each coordinate contiguously. chunks: (C, 2, 3) float64 bounds (lo, hi) of
-    triangles [k*CHUNK, (k+1)*CHUNK), see ``chunk_bounds``. tri_cull: (T,) int32, 1 = cull back faces.
+    pts: (3, 3T) float32 world-space corners coordinate-major (``corner_rows``: x of every corner, then
+    y, then z), so the transform loop reads each coordinate contiguously. chunks: (C, 2, 3) float64
+    bounds (lo, hi) of triangles [k*CHUNK, (k+1)*CHUNK), see ``chunk_bounds``; a band (row0 > 0 or row1
+    < height) skips the chunks whose box misses its rows. tri_cull: (T,) int32, 1 = cull back faces.
     M: (4, 4) float64 world -> clip; dvec: (4,) float64 world -> view depth.
     zbuf: (H, W) float32 view depth, initialised to inf; tbuf: (H, W) int32 triangle index;
     bbuf: (H, W, 2) float32 barycentrics (b1, b2) in the original triangle; count: (H, W) int32.
@@ -682,13 +683,15 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
 
 @njit(cache=True, error_model="numpy")
 def render_view(n, slot, aov, row0, row1, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env,
-                scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
-                mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels,
-                ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
+                scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad,
+                mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
+                bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
+                scratch_b):
     """Render output rows row0..row1 of view n (rasterize at ssaa x resolution, then shade and resolve
-    into out_rgb[n] and the AOV outputs out_depth[aov], ...) using visibility buffers scratch_*[slot] ((P, H*s, W*s) float32 depth, int32
-    triangle, (.., 2) float32 barycentrics), reused across calls so big frames do not pay fresh page
-    faults every time. Row bands of one view may run at once: each touches only its own rows."""
+    into out_rgb[n] and the AOV outputs out_depth[aov], ...) using visibility buffers scratch_*[slot]
+    ((P, H*s, W*s) float32 depth, int32 triangle, (.., 2) float32 barycentrics), reused across calls so
+    big frames do not pay fresh page faults every time. Row bands of one view may run at once: each
+    touches only its own rows."""
     zbuf = scratch_z[slot]
     tbuf = scratch_t[slot]
     bbuf = scratch_b[slot]
@@ -708,8 +711,8 @@ def render_view(n, slot, aov, row0, row1, view_scene, view_M, view_d, view_cam, 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def render_views(bands, aovs, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
-                 scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex,
-                 mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
+                 scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior,
+                 mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa,
                  out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t, scratch_b):
     """In parallel: with bands == 1, one view per task, each in its pool thread's buffer (on few
     cores, parallel views beat parallel tiles); with bands > 1 (one view only), that view split
@@ -723,11 +726,11 @@ def render_views(bands, aovs, view_scene, view_M, view_d, view_cam, scene_tri, s
         k = task % bands
         slot = numba.get_thread_id() if bands == 1 else 0
         aov = n if aovs else slot
-        render_view(n, slot, aov, (h * k) // bands, (h * (k + 1)) // bands, view_scene, view_M,
-                    view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm,
-                    uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info,
-                    lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo,
-                    out_id, scratch_z, scratch_t, scratch_b)
+        render_view(n, slot, aov, (h * k) // bands, (h * (k + 1)) // bands, view_scene, view_M, view_d, view_cam,
+                    scene_tri, scene_light, scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id,
+                    obj_id, tri_cull, mtype, mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data,
+                    tex_info, lights_f, lights_i, maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal,
+                    out_albedo, out_id, scratch_z, scratch_t, scratch_b)
 
 
 @njit(cache=True, error_model="numpy")
@@ -739,8 +742,8 @@ def render_views_serial(aovs, view_scene, view_M, view_d, view_cam, scene_tri, s
     """The same as ``render_views`` on one thread."""
     for n in range(view_scene.shape[0]):
         aov = n if aovs else 0
-        render_view(n, 0, aov, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri,
-                    scene_light, scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
+        render_view(n, 0, aov, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri, scene_light,
+                    scene_env, scene_envtex, scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype,
                     mbase, mrad, mrough, mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i,
                     maps, shadows, bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z,
                     scratch_t, scratch_b)

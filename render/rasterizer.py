@@ -348,8 +348,8 @@ class _Packed:
     def kernel_args(self):
         """The scene arrays in the order ``raster_kernels.render_views`` takes them after the views."""
         return (self.scene_tri, self.scene_light, self.scene_env, self.scene_envtex, self.scene_amb, self.pos,
-                self.pts, self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype, self.mbase,
-                self.mrad, self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale,
+                self.pts, self.chunks, self.nrm, self.uvs, self.mat_id, self.obj_id, self.tri_cull, self.mtype,
+                self.mbase, self.mrad, self.mrough, self.mior, self.mtex, self.mchk, self.mc1, self.mc2, self.mscale,
                 self.tex_data, self.tex_info, self.lights_f, self.lights_i, self.maps)
 
 
@@ -594,7 +594,8 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
             if aovs and f.object_id.max() < 0 and _all_behind_near(s, c):
                 _warn_near(s, c)
     if not aovs:
-        return [f if f is not None else np.zeros((c.height, c.width, 3), np.float32) for f, (_, c) in zip(frames, pairs)]
+        return [f if f is not None else np.zeros((c.height, c.width, 3), np.float32)
+                for f, (_, c) in zip(frames, pairs)]
     frames = [f if f is not None else Frame.empty(c.height, c.width) for f, (_, c) in zip(frames, pairs)]
     elapsed = time.perf_counter() - t0
     for f in frames:
