@@ -30,11 +30,11 @@ from .shards import (FORMAT, VERSION, ShardError, clean_temporaries, read_manife
                      verify_shard, write_manifest, write_shard)
 
 RENDERERS = ("raster", "path", "both")
-# Bumped whenever a change to the rasterizer or the scene builder alters rendered bytes, so that a
-# half-made dataset is not resumed with shards that would differ from its first ones. 2: the depth
-# test before the division, the written-out view matrix, memoised world-space shapes (rounding-level
-# changes).
-RASTER_REVISION = 2
+# Bumped whenever a change to a renderer or the scene builder alters rendered bytes, so that a
+# half-made dataset is not resumed with shards that would differ from its first ones. 2: the
+# rasterizer's depth test before the division, the written-out view matrix, R S folded into one
+# matrix product when placing shapes (rounding-level changes).
+RENDER_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class DatasetConfig:
                 "render_settings": {"spp": self.spp, "max_depth": self.max_depth, "ssaa": self.ssaa,
                                     "shadow_map": shadow_map_size(self.size),
                                     "directional_shadow_map": shadow_map_size(self.size),
-                                    "raster_revision": RASTER_REVISION},
+                                    "render_revision": RENDER_REVISION},
                 "seed": self.seed, "shard_size": self.shard_size, "num_shards": self.num_shards,
                 "config": asdict(self)}
 

@@ -79,12 +79,12 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ShardError, match="render_settings.directional_shadow_map"):
         generate(CFG, tmp_path, progress=False)
-    # and so is one whose rasterizer rounded differently (an older RASTER_REVISION)
+    # and so is one whose renderers rounded differently (an older RENDER_REVISION)
     m = json.loads((tmp_path / "manifest.json").read_text())
     m["render_settings"]["directional_shadow_map"] = CFG.manifest()["render_settings"]["directional_shadow_map"]
-    m["render_settings"]["raster_revision"] = 1
+    m["render_settings"]["render_revision"] = 1
     (tmp_path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ShardError, match="render_settings.raster_revision"):
+    with pytest.raises(ShardError, match="render_settings.render_revision"):
         generate(CFG, tmp_path, progress=False)
 
 
