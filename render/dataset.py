@@ -150,17 +150,29 @@ def _manifest_name(shard_index: int, num_shards: int) -> str:
     return "manifest.json" if num_shards == 1 else f"manifest.part-{shard_index}-of-{num_shards}.json"
 
 
-def _check_same_settings(out: Path, config: DatasetConfig) -> None:
-    want = config.manifest()
+def _path_backend(config: DatasetConfig) -> dict[str, str]:
+    """{"path_backend": "cpu" | "gpu"} for datasets with path-traced images (else {}): CUDA and the
+    CPU do not round alike, so a dataset keeps to the backend it was started on."""
+    if config.renderer not in ("path", "both"):
+        return {}
+    from .pathtracer import init_backend
+
+    return {"path_backend": init_backend("auto")[0]}
+
+
+def _flat_settings(m: dict) -> dict:
+    """A manifest's config and renderer settings as one flat dict (for comparing two manifests)."""
+    return {**(m.get("config") or {}), **{f"render_settings.{k}": v for k, v in (m.get("render_settings") or {}).items()}}
+
+
+def _check_same_settings(out: Path, want: dict) -> None:
     for path in sorted(out.glob("manifest*.json")):
         try:
             have = json.loads(path.read_text())
         except ValueError:
             raise ShardError(f"{path}: not valid JSON; remove it to start over") from None
         # the config, and the renderers' settings derived from it (they changed between versions)
-        have_cfg = {**(have.get("config") or {}), **{f"render_settings.{k}": v
-                                                      for k, v in (have.get("render_settings") or {}).items()}}
-        want_cfg = {**want["config"], **{f"render_settings.{k}": v for k, v in want["render_settings"].items()}}
+        have_cfg, want_cfg = _flat_settings(have), _flat_settings(want)
         if have_cfg != want_cfg:
             diff = [k for k in want_cfg if have_cfg.get(k) != want_cfg[k]]
             raise ShardError(f"{path}: made with other settings ({', '.join(diff)} differ); "
@@ -217,9 +229,10 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
         raise RenderError(f"--shard-index {shard_index}; expected 0..{num_shards - 1} for --num-shards {num_shards}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_settings(out, config)
-    clean_temporaries(out)
     manifest = config.manifest()
+    manifest["render_settings"].update(_path_backend(config))
+    _check_same_settings(out, manifest)
+    clean_temporaries(out)
     manifest["shards"] = {}
     mine = [j for j in range(config.num_shards) if j % num_shards == shard_index]
     todo = []
@@ -330,8 +343,11 @@ def merge(out: str | Path) -> dict[str, Any]:
         m = json.loads(p.read_text())
         if base is None:
             base = m
-        elif m.get("config") != base.get("config"):
-            raise ShardError(f"{p}: made with other settings than {parts[0] if parts else 'manifest.json'}")
+        elif _flat_settings(m) != _flat_settings(base):
+            a, b = _flat_settings(m), _flat_settings(base)
+            diff = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+            raise ShardError(f"{p}: made with other settings than {parts[0] if parts else 'manifest.json'} "
+                             f"({', '.join(diff)} differ)")
         shards.update(m.get("shards", {}))
     if base is None:
         raise ShardError(f"{out}: no manifest.json or manifest.part-*.json to merge")

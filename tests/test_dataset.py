@@ -223,6 +223,31 @@ def test_both_renderers_store_paired_images(tmp_path):
     np.testing.assert_array_equal(imgs[0, 0], sh.images_path[0, 1])
 
 
+def test_path_datasets_keep_to_the_backend_they_started_on(tmp_path):
+    """CUDA and the CPU round differently: the manifest records the path tracer's backend, and a
+    resume or a merge with another backend is refused by name."""
+    from render.pathtracer import init_backend
+
+    cfg = DatasetConfig("cornell_box", scenes=2, views=1, size=8, renderer="path", spp=2, shard_size=1)
+    m = generate(cfg, tmp_path / "one", progress=False)
+    assert m["render_settings"]["path_backend"] == init_backend("auto")[0]
+    other = "gpu" if m["render_settings"]["path_backend"] == "cpu" else "cpu"
+    m["render_settings"]["path_backend"] = other
+    (tmp_path / "one" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardError, match="render_settings.path_backend"):
+        generate(cfg, tmp_path / "one", progress=False)
+    # two halves of a distributed run, one of them (as if) rendered on the other backend
+    parts = tmp_path / "parts"
+    for i in range(2):
+        generate(cfg, parts, shard_index=i, num_shards=2, progress=False)
+    p1 = parts / "manifest.part-1-of-2.json"
+    m1 = json.loads(p1.read_text())
+    m1["render_settings"]["path_backend"] = other
+    p1.write_text(json.dumps(m1))
+    with pytest.raises(ShardError, match="render_settings.path_backend"):
+        merge(parts)
+
+
 def test_generate_cli_as_a_user_runs_it(tmp_path):
     out = tmp_path / "rooms"
     args = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "5", "--views", "2",
