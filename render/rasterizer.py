@@ -61,6 +61,12 @@ BYTES_PER_SAMPLE = 4 + 4 + 8  # depth, triangle id, barycentrics
 BYTES_PER_PIXEL = 12 + 4 + 12 + 12 + 4  # rgb, depth, normal, albedo, id
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
 def _memory_bytes() -> int:
     """Physical memory in bytes (or 8 GiB when the platform does not say)."""
     try:
@@ -520,11 +526,13 @@ def _all_behind_near(scene: Scene, camera: Camera) -> bool:
     return bool(K.bounds_and_depth(np.array(scene.positions, np.float32), dvec)[2] < camera.near)
 
 
-def _box_behind_near(corners: np.ndarray, camera: Camera) -> bool:
-    """True when every corner of the scene's bounding box (8, 3) is closer than the near plane, which
-    puts every triangle there too (cheap; ``_all_behind_near`` is the exact test)."""
+def _box_depths(corners: np.ndarray, camera: Camera) -> tuple[float, float]:
+    """Nearest and farthest view depth of the scene's bounding-box corners (8, 3). Every corner
+    closer than the near plane puts every triangle there too; every corner beyond it, none (cheap;
+    ``_all_behind_near`` is the exact test)."""
     _, dvec, _ = _view_arrays(camera)
-    return bool((corners @ dvec[:3] + dvec[3]).max() < camera.near)
+    d = corners @ dvec[:3] + dvec[3]
+    return float(d.min()), float(d.max())
 
 
 def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int = 1, shadows: bool = True,
@@ -568,30 +576,33 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     if not pairs:
         return []
     ssaa = int(ssaa)
-    workers = os.cpu_count() or 1
+    workers = _cpu_count()
     for (h, w), n in _sizes(pairs).items():
         _check_request(w, h, ssaa, n, workers)
     compile_s = _warm_up()
     t0 = time.perf_counter()
     settings = (bool(shadows), int(area_samples), int(shadow_resolution), int(directional_resolution))
-    keep, packs = [], {}
+    keep, packs, straddles = [], {}, set()
     for k, (s, c) in enumerate(pairs):
         if s.num_triangles == 0:
             warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=3)
             continue
         if id(s) not in packs:  # pairs keeps every scene alive, so its id is stable for this call
             packs[id(s)] = _pack(s, *settings)
-        if _box_behind_near(packs[id(s)].corners, c):
+        near, far = _box_depths(packs[id(s)].corners, c)
+        if far < c.near:
             _warn_near(s, c)
         else:
             keep.append(k)
+            if near < c.near:  # the near plane cuts the box: an empty frame needs the exact test
+                straddles.add(k)
     frames: list = [None] * len(pairs)
     if keep:
         done = _render([pairs[k] for k in keep], ssaa, *settings, parallel, packs, aovs)
         for k, f in zip(keep, done):
             frames[k] = f
             s, c = pairs[k]
-            if aovs and f.object_id.max() < 0 and _all_behind_near(s, c):
+            if aovs and k in straddles and f.object_id.max() < 0 and _all_behind_near(s, c):
                 _warn_near(s, c)
     if not aovs:
         return [f if f is not None else np.zeros((c.height, c.width, 3), np.float32)

@@ -416,6 +416,22 @@ def test_camera_inside_near_plane_gives_empty_frame_and_warning():
     assert frame.meta["renderer"] == "raster"
 
 
+def test_every_triangle_behind_the_near_plane_warns_even_when_the_box_straddles_it():
+    """The cheap bounding-box test cannot decide here (a box corner lies beyond the near plane,
+    though no triangle does), so the exact per-triangle test must run and warn."""
+    # looking along (1, 0, -1): each triangle is 0.5-0.7 m ahead, 0.55 m to a side, but the box
+    # spanning both has a corner 1.15 m ahead
+    tris = [[(0.81, -0.15, -0.185), (0.81, -0.15, 0.115), (0.81, 0.15, -0.035)],
+            [(-0.115, -0.15, -0.81), (0.185, -0.15, -0.81), (0.035, 0.15, -0.81)]]
+    cam = Camera((0.0, 0.0, 0.0), (1.0, 0.0, -1.0), fov=100.0, width=16, height=16, near=1.0)
+    scene = make_scene(tris, (Material("m", "diffuse"),), camera=cam)
+    with pytest.warns(UserWarning, match="near plane"):
+        frame = rasterize(scene)
+    assert (frame.object_id == -1).all()
+    front = Camera((0.0, 0.0, 0.0), (1.0, 0.0, -1.0), fov=100.0, width=16, height=16, near=0.01)
+    assert (rasterize(scene, front).object_id >= 0).any()  # the same triangles, drawn with a nearer plane
+
+
 def test_meta_and_aovs():
     scene = render.cornell_box(width=32, height=32)
     frame = rasterize(scene, ssaa=1, shadows=False)
