@@ -192,7 +192,7 @@ def auto_workers(config: DatasetConfig, shards: int) -> int:
 
     Rasterizing a 64 x 64 view takes about as long as building its scene and encoding its image in
     Python, so one process cannot keep two cores busy (one process: ~1,450 views/s on 2 cores;
-    two processes with one rendering thread each: 1,900-2,300, depending on the host's load).
+    two processes with one rendering thread each: 1,900-2,400, depending on the host's load).
     Taichi already runs one path-tracing kernel on every core, and a second process would only
     compete for them (an explicit ``workers`` > 1 is obeyed all the same)."""
     if config.renderer != "raster":
