@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -51,12 +50,12 @@ def machine() -> dict[str, Any]:
 def save(name: str, settings: dict[str, Any], results: Any, path: str | Path | None = None,
          modules: tuple[str, ...] = ()) -> Path:
     """Write ``{machine, versions, settings, results, date}`` as JSON (atomically) and return the path."""
-    from render.image_io import write_text_atomic
+    from render.image_io import write_json_atomic
 
     path = Path(path) if path else RESULTS / f"{name}.json"
     doc = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
            "versions": versions(*modules), "settings": settings, "results": results}
-    write_text_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
+    write_json_atomic(path, doc)
     return path
 
 

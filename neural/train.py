@@ -37,6 +37,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from render.image_io import write_json_atomic
+
 from .data import GQNBatches, SceneViews, make_loader, to_model
 from .model import GQN, PRESETS, GQNConfig, lr_at, sigma_at
 
@@ -230,12 +232,6 @@ def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _trim_csv(path: Path, last_step: int) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
@@ -289,9 +285,9 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            _write_json(out / "config.json", cfg.to_dict())
+            write_json_atomic(out / "config.json", cfg.to_dict(), sort_keys=True)
             np.save(out / "mean_image.npy", mean_image(data))
-        _write_json(out / "run.json", {
+        write_json_atomic(out / "run.json", sort_keys=True, data={
             "data": str(Path(data).resolve()), "val_data": str(val_data) if val_data else None, "steps": total,
             "device": str(dev), "world_size": world, "threads": torch.get_num_threads(), "amp_bf16": amp, "channels_last": runtime.channels_last,
             "compile": runtime.compile, "torch": torch.__version__, "python": platform.python_version(),

@@ -43,12 +43,6 @@ def _load(spec: str, seed: int = 0):
     return load_scene(spec, seed=seed) if spec in FAMILIES else load_scene(spec)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from render.image_io import write_json_atomic
-
-    write_json_atomic(path, data)
-
-
 # --- scene ----------------------------------------------------------------------------------------
 @scene_app.command("info")
 def scene_info(scene: str = SceneArg, json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -124,6 +118,7 @@ def render_cmd(
 ):
     """Render a scene with the rasterizer or the path tracer."""
     from render import AOV_NAMES
+    from render.image_io import write_json_atomic
 
     aovs = tuple(a.strip() for a in aov.split(",") if a.strip())
     for a in aovs:
@@ -154,7 +149,7 @@ def render_cmd(
     info = {"scene": scene, "renderer": renderer.value, "width": cam.width, "height": cam.height,
             "load_seconds": load_seconds, **frame.meta, "outputs": [str(p) for p in written]}
     if stats:
-        _write_json(stats, info)
+        write_json_atomic(stats, info)
     timing = ", ".join(f"{k} {info[k]:.3g}s" for k in ("load_seconds", "compile_seconds", "render_seconds") if k in info)
     out.print(f"wrote {', '.join(str(p) for p in written)} ({cam.width}x{cam.height}, {renderer.value}; {timing})")
 
@@ -209,6 +204,7 @@ def compare_cmd(
     import numpy as np  # noqa: F401
 
     from render import RenderError, compare, pathtrace, rasterize
+    from render.image_io import write_json_atomic
     from render.metrics import compare_picture, footer_text
 
     if ssaa not in (1, 2, 4):
@@ -260,7 +256,7 @@ def compare_cmd(
     if model is not None:
         result["neural"] = {"run": str(neural), "context": context, **scores["neural vs path"].to_dict()}
     if json_out:
-        _write_json(json_out, result)
+        write_json_atomic(json_out, result)
     out.print(footer_text(c, scores))
     out.print(f"wrote {out_path}" + (f" and {json_out}" if json_out else ""))
 
@@ -283,6 +279,7 @@ def convergence_cmd(
     import numpy as np
 
     from render import pathtrace, rasterize
+    from render.image_io import write_json_atomic
     from render.metrics import convergence_plot
 
     if max_spp < 1:
@@ -307,7 +304,7 @@ def convergence_cmd(
     out.print(f"raster   RMSE {raster_error:.5f}")
     convergence_plot(spps, errors, raster_error, out_path, title=f"{scene}, {cam.width}x{cam.height}, reference: {ref_note}")
     if json_out:
-        _write_json(json_out, {"scene": scene, "reference": ref_note, "spp": spps, "rmse": errors,
+        write_json_atomic(json_out, {"scene": scene, "reference": ref_note, "spp": spps, "rmse": errors,
                                "raster_rmse": raster_error, "raster_ssaa": ssaa, "max_depth": max_depth})
     out.print(f"wrote {out_path}")
 

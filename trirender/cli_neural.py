@@ -44,12 +44,6 @@ def _contexts(text: str) -> tuple[int, ...]:
     return ks
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from render.image_io import write_json_atomic
-
-    write_json_atomic(path, data)
-
-
 def register(app: typer.Typer) -> None:
     """Add the neural verbs to ``app``."""
 
@@ -118,11 +112,12 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--samples {samples}; expected >= 1")
         with _errors():
             from neural.evaluate import evaluate, table
+            from render.image_io import write_json_atomic
 
             report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device)
         print(table(report))
         if json_out:
-            _write_json(json_out, report)
+            write_json_atomic(json_out, report)
             print(f"wrote {json_out}")
 
     @app.command("novel")
