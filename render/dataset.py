@@ -160,9 +160,15 @@ def _path_backend(config: DatasetConfig) -> dict[str, str]:
     return {"path_backend": init_backend("auto")[0]}
 
 
-def _flat_settings(m: dict) -> dict:
-    """A manifest's config and renderer settings as one flat dict (for comparing two manifests)."""
-    return {**(m.get("config") or {}), **{f"render_settings.{k}": v for k, v in (m.get("render_settings") or {}).items()}}
+def _settings_diff(a: dict, b: dict) -> list[str]:
+    """The settings in which manifests ``a`` and ``b`` differ: their config, and the renderers'
+    settings derived from it (those changed between versions), named ``render_settings.KEY``."""
+    def flat(m: dict) -> dict:
+        return {**(m.get("config") or {}),
+                **{f"render_settings.{k}": v for k, v in (m.get("render_settings") or {}).items()}}
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in {*fa, *fb} if fa.get(k) != fb.get(k))
 
 
 def _check_same_settings(out: Path, want: dict) -> None:
@@ -171,10 +177,8 @@ def _check_same_settings(out: Path, want: dict) -> None:
             have = json.loads(path.read_text())
         except ValueError:
             raise ShardError(f"{path}: not valid JSON; remove it to start over") from None
-        # the config, and the renderers' settings derived from it (they changed between versions)
-        have_cfg, want_cfg = _flat_settings(have), _flat_settings(want)
-        if have_cfg != want_cfg:
-            diff = [k for k in want_cfg if have_cfg.get(k) != want_cfg[k]]
+        diff = _settings_diff(have, want)
+        if diff:
             raise ShardError(f"{path}: made with other settings ({', '.join(diff)} differ); "
                              "use another --out folder or the same settings to resume")
 
@@ -343,9 +347,7 @@ def merge(out: str | Path) -> dict[str, Any]:
         m = json.loads(p.read_text())
         if base is None:
             base = m
-        elif _flat_settings(m) != _flat_settings(base):
-            a, b = _flat_settings(m), _flat_settings(base)
-            diff = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+        elif diff := _settings_diff(m, base):
             raise ShardError(f"{p}: made with other settings than {parts[0] if parts else 'manifest.json'} "
                              f"({', '.join(diff)} differ)")
         shards.update(m.get("shards", {}))
