@@ -428,8 +428,10 @@ def _scratch(slots: int, h: int, w: int):
 _warm = False
 
 
-def _warm_up() -> float:
-    """Compile (or load from numba's cache) every kernel on a one-triangle scene; returns seconds."""
+def warm_up() -> float:
+    """Compile every rasterizer kernel on a one-triangle scene, or load it from numba's cache
+    (``NUMBA_CACHE_DIR``); returns the seconds spent (0 when this process already did). Other
+    processes then load the cache."""
     global _warm
     if _warm:
         return 0.0
@@ -457,12 +459,6 @@ def _warm_up() -> float:
     K.coverage_count(K.corner_rows(p), K.chunk_bounds(np.array(p)), np.zeros(2, np.int32), M, d, 4, 4)
     _all_behind_near(tiny, cam)
     return time.perf_counter() - t0
-
-
-def warm_up() -> float:
-    """Compile every rasterizer kernel, or load it from numba's cache (``NUMBA_CACHE_DIR``); returns
-    the seconds spent (0 when this process already did). Other processes then load the cache."""
-    return _warm_up()
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -549,9 +545,9 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
     area_samples: point samples standing in for all emitter triangles of each scene.
     shadow_resolution, directional_resolution: cube-face and directional map sides (texels).
     parallel: render views in parallel (numba prange, one view per task); a single view of at least
-        ``BAND_MIN_ROWS`` rows is split into one row band per thread instead (every band tests every
-        triangle against its rows: 1.6x on an idle 2-core machine at 512 x 512, 107k triangles; on
-        a machine whose other jobs hold the cores it can be slower).
+        ``BAND_MIN_ROWS`` rows is split into one row band per thread instead (each band skips the
+        32-triangle chunks whose bounding box misses its rows; on a machine whose other jobs hold
+        the cores it can be slower than one thread).
     Frames of views with the same size are views into one stacked (N, H, W, ...) array per AOV.
     ``meta`` holds renderer, ssaa, shadows, compile_seconds (JIT or cache-load time spent in this
     call, 0 when warm), render_seconds (this call's wall time after compilation, for the whole batch)
@@ -579,7 +575,7 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     workers = _cpu_count()
     for (h, w), n in _sizes(pairs).items():
         _check_request(w, h, ssaa, n, workers)
-    compile_s = _warm_up()
+    compile_s = warm_up()
     t0 = time.perf_counter()
     settings = (bool(shadows), int(area_samples), int(shadow_resolution), int(directional_resolution))
     keep, packs, straddles = [], {}, set()
@@ -646,7 +642,7 @@ def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> n
     """(H, W) int32: fragments each pixel receives with no depth test (watertightness diagnostics).
     cull: apply back-face culling to one-sided materials as ``rasterize`` does."""
     camera = camera or scene.camera
-    _warm_up()
+    warm_up()
     M, d, _ = _view_arrays(camera)
     two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
     tri_cull = (1 - two).astype(np.int32) if cull else np.zeros(scene.num_triangles, np.int32)
@@ -661,7 +657,7 @@ def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, 
     used to compare triangle ids with other rasterizers."""
     camera = camera or scene.camera
     _check_request(camera.width, camera.height, 1)
-    _warm_up()
+    warm_up()
     M, d, _ = _view_arrays(camera)
     two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
     h, w = camera.height, camera.width
