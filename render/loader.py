@@ -20,7 +20,7 @@ from . import schema
 from .camera import Camera
 from .errors import SceneError, field_path
 from .scene import Checker, Environment, Light, Material, Scene, SceneObject
-from .shapes import SHAPES, apply_transform
+from .shapes import SHAPES, apply_transform, freeze_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -228,10 +228,6 @@ def _world_soup(local, translate, rotate, scale):
     return p, n, uv, keep
 
 
-def _freeze(params: dict) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
-
-
 WORLD_CACHE_MAX_TRIANGLES = 64  # placed shapes this small are memoised (at most 256 of them, ~13 MB)
 
 
@@ -295,7 +291,7 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
             raise SceneError(source, field_path(loc + ("scale",)), f"{what}scale {spec.scale} has a zero component; expected non-zero scales")
         local, params = _object_soup(spec, source, base_dir, loc)
         if spec.shape != "mesh" and len(local[0]) <= WORLD_CACHE_MAX_TRIANGLES:
-            p, n, uv, keep = _world_shape(spec.shape, _freeze(params), tuple(spec.translate), tuple(spec.rotate),
+            p, n, uv, keep = _world_shape(spec.shape, freeze_params(params), tuple(spec.translate), tuple(spec.rotate),
                                           tuple(spec.scale))
         else:  # mesh files may change between loads; big shapes would make the cache big
             p, n, uv, keep = _world_soup(local, spec.translate, spec.rotate, spec.scale)

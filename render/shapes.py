@@ -226,6 +226,11 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     return p2, n2, uv
 
 
+def freeze_params(params: dict) -> tuple:
+    """Shape parameters as a hashable, order-independent key (lists become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+
+
 def _cached(make):
     """Memoise a tessellation by its parameters (datasets build thousands of similar shapes); the
     arrays handed out are read-only so a caller cannot change the cached copy."""
@@ -239,7 +244,7 @@ def _cached(make):
 
     @functools.wraps(make)
     def call(**params):
-        return cached(*sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+        return cached(*freeze_params(params))
 
     return call
 
