@@ -150,9 +150,11 @@ def _snap(x, y, iw, sub_w, sub_h):
             np.int64(math.floor((1.0 - y * iw) * sub_h + 0.5)))
 
 
-def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc, dc, c1, c2, t, cull, width, height,
-                     row0, row1, zbuf, tbuf, bbuf, count, mode):
-    """``_raster_snapped`` for a triangle given by clip x, y, w per corner (the clipped path)."""
+@njit(cache=True, error_model="numpy")
+def _raster_clipped(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc, dc, c1, c2, t, cull, width, height,
+                    row0, row1, zbuf, tbuf, bbuf, count, mode):
+    """``_raster_snapped`` for a triangle given by clip x, y, w per corner (the clipping path). It is
+    rare, so it stays out of line (not inlined), which keeps compile time down."""
     sub_w = width * SUBPIXEL * 0.5
     sub_h = height * SUBPIXEL * 0.5
     iwa = 1.0 / wa
@@ -163,10 +165,6 @@ def _raster_triangle(xa, ya, wa, da, a1, a2, xb, yb, wb, db, b1, b2, xc, yc, wc,
     x2, y2 = _snap(xc, yc, iwc, sub_w, sub_h)
     _raster_snapped(x0, y0, iwa, da, a1, a2, x1, y1, iwb, db, b1, b2, x2, y2, iwc, dc, c1, c2, t, cull, width, height,
                     row0, row1, zbuf, tbuf, bbuf, count, mode)
-
-
-# The clipping path is rare: an out-of-line copy there keeps compile time down.
-_raster_clipped = njit(cache=True, error_model="numpy")(_raster_triangle)
 
 
 @njit(cache=True, error_model="numpy")
