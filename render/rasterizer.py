@@ -23,11 +23,11 @@ Direct light only, with the scene's own materials:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -394,34 +394,43 @@ def _pack(scene: Scene, *settings) -> _Packed:
     return packed
 
 
-# Visibility buffers kept between calls (the most recent sizes, up to SCRATCH_BYTES), so that a big
-# frame does not pay for fresh pages every time. A second thread rendering at the same time gets
-# its own.
-_SCRATCH: OrderedDict[tuple, tuple] = OrderedDict()
-_SCRATCH_LOCK = threading.Lock()
-SCRATCH_BYTES = 64 << 20
+# Buffers kept for reuse: the output images behind the Frames and the visibility buffers. A render
+# loop drops each frame before it asks for the next, and fresh pages cost: the first 512x512 frame
+# after other work took ~3 ms more (2,800 page faults for its 11.5 MB of outputs) on the 2-core
+# machine we measure on. Every view of an array holds a reference to it, so an array whose only
+# references are the pool's list and getrefcount's argument is used by nobody: it can be handed
+# out again, and an image a caller keeps is never overwritten (a second thread rendering at the same
+# time finds the first one's arrays in use and gets new ones). At most POOL_BYTES are kept, least
+# recently used shape first out.
+_POOL: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
+_POOL_LOCK = threading.Lock()
+POOL_BYTES = 128 << 20
+_pool_bytes = 0
 
 
-@contextlib.contextmanager
-def _scratch(slots: int, h: int, w: int):
-    def fresh():
-        return (np.empty((slots, h, w), np.float32), np.empty((slots, h, w), np.int32),
-                np.empty((slots, h, w, 2), np.float32))
-
-    if not _SCRATCH_LOCK.acquire(blocking=False):
-        yield fresh()
-        return
-    try:
-        key = (slots, h, w)
-        if key in _SCRATCH:
-            _SCRATCH.move_to_end(key)
-        else:
-            _SCRATCH[key] = fresh()
-            while len(_SCRATCH) > 1 and sum(a.nbytes for v in _SCRATCH.values() for a in v) > SCRATCH_BYTES:
-                _SCRATCH.popitem(last=False)
-        yield _SCRATCH[key]
-    finally:
-        _SCRATCH_LOCK.release()
+def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
+    """One uninitialised array per (shape, dtype): a pooled array nothing references any more, or a
+    new one (kept in the pool). Callers get views, never the pooled array itself."""
+    global _pool_bytes
+    out = []
+    with _POOL_LOCK:  # held until the views exist, so two threads never take the same array
+        for shape, dtype in specs:
+            key = (shape, np.dtype(dtype).str)
+            arrays = _POOL.setdefault(key, [])
+            _POOL.move_to_end(key)
+            arr = next((a for a in arrays if sys.getrefcount(a) <= 3), None)  # list, `a`, argument
+            if arr is None:
+                arr = np.empty(shape, dtype)
+                if arr.nbytes <= POOL_BYTES:
+                    arrays.append(arr)
+                    _pool_bytes += arr.nbytes
+            out.append(arr[...])
+        while _pool_bytes > POOL_BYTES:
+            key, arrays = next(iter(_POOL.items()))
+            _pool_bytes -= arrays.pop(0).nbytes
+            if not arrays:
+                del _POOL[key]
+    return out
 
 
 # --- compilation bookkeeping ------------------------------------------------------------------------
@@ -494,20 +503,19 @@ def _render(pairs, ssaa, shadows, area_samples, cube_res, dir_res, parallel, pac
                 "bands" if parallel and threads > 1 and h >= BAND_MIN_ROWS else "serial")
         slots = numba.config.NUMBA_NUM_THREADS if mode == "views" else 1
         na = nv if aovs else slots  # AOV images: one per view, or one scratch image per thread
-        rgb = np.empty((nv, h, w, 3), np.float32)
-        depth = np.empty((na, h, w), np.float32)
-        normal = np.empty((na, h, w, 3), np.float32)
-        albedo = np.empty((na, h, w, 3), np.float32)
-        oid = np.empty((na, h, w), np.int32)
+        hs, ws = h * ssaa, w * ssaa
+        rgb, depth, normal, albedo, oid, *scratch = _buffers(
+            ((nv, h, w, 3), np.float32), ((na, h, w), np.float32), ((na, h, w, 3), np.float32),
+            ((na, h, w, 3), np.float32), ((na, h, w), np.int32),
+            ((slots, hs, ws), np.float32), ((slots, hs, ws), np.int32), ((slots, hs, ws, 2), np.float32))
         args = (bool(aovs), view_scene, view_M, view_d, view_cam, *packed.kernel_args(), bool(shadows),
-                float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid)
-        with _scratch(slots, h * ssaa, w * ssaa) as buffers:
-            if mode == "views":
-                K.render_views(1, *args, *buffers)
-            elif mode == "bands":
-                K.render_views(threads, *args, *buffers)
-            else:
-                K.render_views_serial(*args, *buffers)
+                float(SHADOW_BIAS_TEXELS), int(ssaa), rgb, depth, normal, albedo, oid, *scratch)
+        if mode == "views":
+            K.render_views(1, *args)
+        elif mode == "bands":
+            K.render_views(threads, *args)
+        else:
+            K.render_views_serial(*args)
         for m, k in enumerate(ks):
             frames[k] = (Frame(rgb=rgb[m], depth=depth[m], normal=normal[m], albedo=albedo[m], object_id=oid[m])
                          if aovs else rgb[m])
@@ -548,7 +556,9 @@ def rasterize_batch(pairs: Iterable[tuple[Scene, Camera | None]], *, ssaa: int =
         ``BAND_MIN_ROWS`` rows is split into one row band per thread instead (each band skips the
         32-triangle chunks whose bounding box misses its rows; on a machine whose other jobs hold
         the cores it can be slower than one thread).
-    Frames of views with the same size are views into one stacked (N, H, W, ...) array per AOV.
+    Frames of views with the same size are views into one stacked (N, H, W, ...) array per AOV. That
+    memory may have held frames the caller had dropped (never one it still references, even through
+    a slice): a render loop reuses the same pages instead of faulting in fresh ones.
     ``meta`` holds renderer, ssaa, shadows, compile_seconds (JIT or cache-load time spent in this
     call, 0 when warm), render_seconds (this call's wall time after compilation, for the whole batch)
     and views (the batch size).

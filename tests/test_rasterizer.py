@@ -397,6 +397,45 @@ def test_pack_cache_drops_dead_scenes_and_stays_within_its_budget(monkeypatch):
     assert R._pack_cache_bytes == next(iter(R._PACK_CACHE.values()))[2]
 
 
+def test_output_pool_reuses_dropped_frames_and_never_a_kept_one(monkeypatch):
+    from render import rasterizer as R
+
+    a = render.make_scene("rooms_ring", seed=5, width=24, height=24)
+    b = render.make_scene("rooms_ring", seed=6, width=24, height=24)
+    kept = rasterize(a)
+    expect = {name: getattr(kept, name).copy() for name in ("rgb", "depth", "normal", "albedo", "object_id")}
+    rgb_view = kept.rgb[2:5]  # a slice alone must keep its memory from being handed out
+    del kept
+    other = rasterize(b)
+    assert not np.shares_memory(other.rgb, rgb_view)
+    np.testing.assert_array_equal(rgb_view, expect["rgb"][2:5])
+    again = rasterize(a)
+    for name, want in expect.items():  # and rendering the same view again gives the same numbers
+        np.testing.assert_array_equal(getattr(again, name), want, err_msg=name)
+
+    # A dropped frame's memory is what the next render of that size writes to (no fresh pages).
+    address = other.rgb.__array_interface__["data"][0]
+    del other
+    assert rasterize(b).rgb.__array_interface__["data"][0] == address
+
+    monkeypatch.setattr(R, "POOL_BYTES", 24 * 24 * 3 * 4)  # one rgb image at most
+    for size in (8, 12, 16):
+        rasterize(a, a.camera.with_size(size, size))
+    assert R._pool_bytes <= R.POOL_BYTES
+    assert R._pool_bytes == sum(x.nbytes for arrays in R._POOL.values() for x in arrays)
+
+
+def test_threads_rendering_at_once_get_their_own_outputs():
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = [render.make_scene("rooms_ring", seed=s, width=32, height=32) for s in range(6)]
+    want = [rasterize(s).rgb.copy() for s in scenes]
+    with ThreadPoolExecutor(3) as pool:
+        frames = list(pool.map(lambda s: rasterize(s, parallel=False), scenes * 3))
+    for k, f in enumerate(frames):
+        np.testing.assert_array_equal(f.rgb, want[k % len(scenes)])
+
+
 # --- bad input -------------------------------------------------------------------------------------
 def test_resolution_too_large_is_refused_clearly():
     scene = render.cornell_box()
