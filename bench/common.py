@@ -34,9 +34,26 @@ def versions(*modules: str) -> dict[str, str | None]:
     return out
 
 
+def git_commit() -> str | None:
+    """The checkout's HEAD commit (with "+dirty" when tracked files differ from it), or None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_commit": git_commit()}
     try:
         import torch
 

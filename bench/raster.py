@@ -15,7 +15,6 @@ separately. Prints a table and writes JSON with the machine, versions and settin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -306,8 +305,9 @@ def main(argv=None) -> dict:
     print(f"{'measure':<{width}}  value")
     for name, v in rows:
         print(f"{name:<{width}}  {v:.4g}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    from render.image_io import write_json_atomic
+
+    write_json_atomic(args.out, result)
     print(f"saved {args.out}")
     return result
 
