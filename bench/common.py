@@ -35,13 +35,15 @@ def versions(*modules: str) -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """The checkout's HEAD commit (with "+dirty" when tracked files differ from it), or None."""
+    """The checkout's HEAD commit (with "+dirty" when tracked files other than bench results differ
+    from it), or None."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], cwd=root,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
