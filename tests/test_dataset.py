@@ -207,8 +207,6 @@ def test_bad_settings_are_refused():
 
 
 def test_both_renderers_store_paired_images(tmp_path):
-    import imageio.v3 as iio  # noqa: F401
-
     from neural.data import SceneViews
 
     cfg = DatasetConfig("cornell_box", scenes=1, views=2, size=16, renderer="both", spp=16, shard_size=1)

@@ -201,8 +201,6 @@ def compare_cmd(
     context: int = typer.Option(3, help="With --neural: context views rendered by the rasterizer."),
 ):
     """Render a scene with both renderers and write a side-by-side picture with the metrics."""
-    import numpy as np  # noqa: F401
-
     from render import RenderError, compare, pathtrace, rasterize
     from render.image_io import write_json_atomic
     from render.metrics import compare_picture, footer_text
