@@ -107,6 +107,32 @@ def _luminance(rgb) -> np.ndarray:
     return np.asarray(rgb, np.float64) @ np.array([0.2126, 0.7152, 0.0722])
 
 
+def _environment_distribution(image: np.ndarray, radiance) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling distribution of an equirect environment map (H, W, 3) times ``radiance``: each texel's
+    probability is its luminance times the solid angle it spans (sin theta of its row), after taking
+    the brightest of its 3 x 3 neighbourhood (x wraps, y clamps, as the bilinear lookup does), so every
+    direction the lookup can light has a positive density. Returns (env_cdf, env_pmf) as
+    ``render.pt_kernels`` documents them (float32)."""
+    h, w = image.shape[:2]
+    lum = np.maximum(_luminance(image.reshape(-1, 3) * np.asarray(radiance, np.float64)).reshape(h, w), 0.0)
+    padded = np.pad(lum, ((1, 1), (0, 0)), mode="edge")
+    dilated = np.zeros_like(lum)
+    for dy in range(3):
+        for dx in (-1, 0, 1):
+            dilated = np.maximum(dilated, np.roll(padded[dy:dy + h], dx, axis=1))
+    sin_theta = np.sin((np.arange(h) + 0.5) / h * math.pi)[:, None]
+    weight = dilated * sin_theta
+    if not weight.sum() > 0.0:  # a black map: uniform over the sphere
+        weight = np.broadcast_to(sin_theta, (h, w))
+    pmf = weight / weight.sum()
+    rows = pmf.sum(axis=1)
+    row_cdf = np.cumsum(rows)
+    row_cdf[-1] = 1.0
+    col_cdf = np.cumsum(pmf, axis=1) / np.maximum(rows, 1e-300)[:, None]
+    col_cdf[:, -1] = 1.0
+    return (np.concatenate([row_cdf, col_cdf.ravel()]).astype(np.float32), pmf.ravel().astype(np.float32))
+
+
 def _pack(scene: Scene) -> dict[str, np.ndarray]:
     """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order)."""
     cached = _packed_cache.get(scene)
@@ -174,6 +200,9 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
         offset += t.shape[0] * t.shape[1]
     tex = np.concatenate([t.reshape(-1, 3) for t in textures]) if textures else np.zeros((1, 3), np.float32)
 
+    env_cdf, env_pmf = np.ones(1, np.float32), np.ones(1, np.float32)
+    if env_tex >= 0:
+        env_cdf, env_pmf = _environment_distribution(textures[env_tex], env_rad)
     light_f = np.stack([lights["position"], lights["direction"], lights["power"]], axis=1).reshape(-1, 3)
     params = np.zeros(24, np.float32)
     params[12:15] = env_rad
@@ -186,7 +215,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
         "mat_i": mat_i, "mat_f": mat_f, "tex": tex.astype(np.float32), "tex_info": tex_info,
         "light_i": lights["type"] if n_delta else np.zeros(1, np.int32),
         "light_f": light_f.astype(np.float32) if n_delta else np.zeros((3, 3), np.float32),
-        "params": params, "tri_order": order, "bvh_depth": bvh.depth, "bvh_nodes": bvh.num_nodes,
+        "env_cdf": env_cdf, "env_pmf": env_pmf, "params": params, "tri_order": order, "bvh_depth": bvh.depth, "bvh_nodes": bvh.num_nodes,
         "bvh_seconds": time.perf_counter() - t0,
     }
     if bvh.depth >= STACK_SIZE:
@@ -208,7 +237,7 @@ def _camera_params(params: np.ndarray, cam: Camera) -> np.ndarray:
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "emit_tri",
-                "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f")
+                "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f", "env_cdf", "env_pmf")
 
 
 def _device_arrays(packed: dict, backend: str) -> dict:
@@ -369,6 +398,35 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     tri = np.zeros(len(o), np.int32)
     _state["kernels"].trace_rays(o, d, t, tri, dev["tri_v"], dev["node_lo"], dev["node_hi"], dev["node_i"])
     return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
+
+
+def _environment_of(scene: Scene) -> tuple[dict, int, int]:
+    """The scene's packed arrays and its environment map's width and height (it must have one)."""
+    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    packed = _pack(scene)
+    env_tex = int(packed["params"][15])
+    if env_tex < 0:
+        raise RenderError(f"{scene.source}: the scene has no environment map")
+    _, w, h = (int(x) for x in packed["tex_info"][env_tex])
+    return packed, w, h
+
+
+def sample_environment(scene: Scene, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Directions (N, 3) drawn from the scene's environment map by next-event estimation's sampling,
+    at uniforms u (N, 2), and their solid-angle density (N,) (for tests)."""
+    packed, w, h = _environment_of(scene)
+    u = np.ascontiguousarray(u, np.float32)
+    d, pdf = np.zeros((len(u), 3), np.float32), np.zeros(len(u), np.float32)
+    _state["kernels"].env_sample_probe(u, packed["env_cdf"], packed["env_pmf"], w, h, d, pdf)
+    return d, pdf
+
+
+def environment_pdf(scene: Scene, directions: np.ndarray) -> np.ndarray:
+    """The density (per steradian) with which ``sample_environment`` draws each unit direction (N, 3)."""
+    packed, w, h = _environment_of(scene)
+    pdf = np.zeros(len(directions), np.float32)
+    _state["kernels"].env_pdf_probe(np.ascontiguousarray(directions, np.float32), packed["env_pmf"], w, h, pdf)
+    return pdf
 
 
 @dataclass

@@ -20,6 +20,9 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
     tex_info (K,)  ivec3  (offset into tex, width, height)
     light_i  (L,)  i32    delta light type (0 point, 1 directional)
     light_f  (3L,) vec3   position, direction (the way light travels), power (intensity or irradiance)
+    env_cdf  (H + H*W,) f32  environment map sampling: cumulative probability of its rows, then of the
+                          texels within each row (W per row); env_pmf (H*W,) f32 each texel's probability
+                          (see render.pathtracer._environment_distribution; placeholders without a map)
 Scalars in ``params`` (f32 (24,)): camera origin, right * tan(fov/2) * aspect, up * tan(fov/2), forward,
 environment radiance, then the light-group counts as floats (see ``GROUP_*``).
 """
@@ -252,6 +255,55 @@ def environment(d, env_rad, env_tex, tex: ti.template(), tex_info: ti.template()
 
 
 @ti.func
+def cdf_find(cdf: ti.template(), start, n, u):
+    """The first index k in cdf[start : start + n] with u <= cdf[start + k] (binary search), and u
+    rescaled to [0, 1) within that bin (reused as a fresh uniform)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cdf[start + mid] < u:
+            lo = mid + 1
+        else:
+            hi = mid
+    c0 = 0.0
+    if lo > 0:
+        c0 = cdf[start + lo - 1]
+    f = (u - c0) / ti.max(cdf[start + lo] - c0, 1e-12)
+    return lo, ti.min(ti.max(f, 0.0), 0.99999994)
+
+
+@ti.func
+def env_sample(u1, u2, env_cdf: ti.template(), env_pmf: ti.template(), w, h):
+    """A direction drawn from the environment map's distribution (a row by its share, a texel within
+    the row by its share, a uniform point in the texel) and its solid-angle density."""
+    i, fv = cdf_find(env_cdf, 0, h, u1)
+    j, fu = cdf_find(env_cdf, h + i * w, w, u2)
+    theta = (i + fv) / h * math.pi
+    phi = 2.0 * math.pi * ((j + fu) / w - 0.5)  # u = 0.5 + atan2(d.x, -d.z) / (2 pi), as environment()
+    st = ti.sin(theta)
+    d = vec3(st * ti.sin(phi), ti.cos(theta), -st * ti.cos(phi))
+    pdf = 0.0
+    if st > 0.0:
+        pdf = env_pmf[i * w + j] * (w * h) / (2.0 * math.pi * math.pi * st)
+    return d, pdf
+
+
+@ti.func
+def env_pdf(d, env_pmf: ti.template(), w, h):
+    """env_sample's solid-angle density of direction d (unit)."""
+    u = 0.5 + ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+    v = ti.acos(ti.min(ti.max(d.y, -1.0), 1.0)) * INV_PI
+    j = ti.min(ti.i32(u * w), w - 1)
+    i = ti.min(ti.i32(v * h), h - 1)
+    st = ti.sqrt(ti.max(1.0 - d.y * d.y, 0.0))
+    pdf = 0.0
+    if st > 0.0:
+        pdf = env_pmf[i * w + j] * (w * h) / (2.0 * math.pi * math.pi * st)
+    return pdf
+
+
+@ti.func
 def base_color(m, uv, mat_i: ti.template(), mat_f: ti.template(), tex: ti.template(), tex_info: ti.template()):
     """The material's base colour at uv: texture (v = 0 at the image's bottom row), checker
     (color1 where floor(u s) + floor(v s) is even) or the constant."""
@@ -420,13 +472,14 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
              emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(), mat_f: ti.template(),
              tex: ti.template(), tex_info: ti.template(), light_i: ti.template(), light_f: ti.template(),
-             params: ti.template()):
+             env_cdf: ti.template(), env_pmf: ti.template(), params: ti.template()):
     """Li(o, d): radiance arriving at o from direction -d, by unidirectional path tracing with
     next-event estimation; both strategies are combined by the power heuristic (mode MIS).
 
     Light groups, each picked with probability 1 / n_groups by next-event estimation:
     the emitter triangles together (one picked by power, a point on it uniformly by area), each
-    delta light, and the environment (a uniformly distributed direction)."""
+    delta light, and the environment (a direction drawn from its map's brightness, or uniformly
+    distributed for a constant environment)."""
     env_rad = vec3(params[12], params[13], params[14])
     env_tex = ti.i32(params[15])
     n_emit = ti.i32(params[16])
@@ -435,7 +488,12 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
     n_groups = ti.i32(params[19])
     p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
     area_group = 1 if n_emit > 0 else 0
-    env_pdf = p_group / (4.0 * math.pi)  # solid-angle density of NEE's environment direction
+    env_uniform_pdf = p_group / (4.0 * math.pi)  # NEE's density for a constant environment
+    env_w = 1
+    env_h = 1
+    if env_tex >= 0:
+        env_w = tex_info[env_tex][1]
+        env_h = tex_info[env_tex][2]
 
     L = vec3(0.0)  # radiance gathered so far
     beta = vec3(1.0)  # path throughput: product of f |cos| / pdf (and 1 / RR survival)
@@ -456,7 +514,10 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
                 w = 1.0
                 if prev_delta == 0:
                     if mode == MIS:
-                        w = power_heuristic(prev_pdf, env_pdf)
+                        pdf_env = env_uniform_pdf
+                        if env_tex >= 0:
+                            pdf_env = p_group * env_pdf(d, env_pmf, env_w, env_h)
+                        w = power_heuristic(prev_pdf, pdf_env)
                     elif mode == NEE_ONLY:
                         w = 0.0
                 L += beta * Le * w
@@ -544,12 +605,17 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
                     Li = light_f[3 * li + 2] / p_group
             else:
                 if mode != BSDF_ONLY:
-                    z = 1.0 - 2.0 * ul1
-                    r = ti.sqrt(ti.max(1.0 - z * z, 0.0))
-                    phi = 2.0 * math.pi * ul2
-                    wi_w = vec3(r * ti.cos(phi), r * ti.sin(phi), z)
-                    pdf_l = env_pdf
-                    Li = environment(wi_w, env_rad, env_tex, tex, tex_info) / pdf_l
+                    if env_tex >= 0:
+                        wi_w, pdf_dir = env_sample(ul1, ul2, env_cdf, env_pmf, env_w, env_h)
+                        pdf_l = p_group * pdf_dir
+                    else:
+                        z = 1.0 - 2.0 * ul1
+                        r = ti.sqrt(ti.max(1.0 - z * z, 0.0))
+                        phi = 2.0 * math.pi * ul2
+                        wi_w = vec3(r * ti.cos(phi), r * ti.sin(phi), z)
+                        pdf_l = env_uniform_pdf
+                    if pdf_l > 0.0:
+                        Li = environment(wi_w, env_rad, env_tex, tex, tex_info) / pdf_l
             if max3(Li) > 0.0:
                 wi = vec3(wi_w.dot(ts), wi_w.dot(bs), wi_w.dot(ns))
                 fc, pdf_b = bsdf_eval(mtype, base, alpha, wo, wi)
@@ -604,7 +670,7 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
                 tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
                 node_lo: NDV3, node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF,
                 mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
-                params: NDF):
+                env_cdf: NDF, env_pmf: NDF, params: NDF):
     """Add ``spp`` samples (indices sample0 ..) of every pixel to accum (H*W,) vec3 (sum of radiance).
     Box pixel filter: each sample is uniform over its pixel. The pass that starts at sample 0 also
     writes the first-hit AOVs (depth, normal, albedo, obj; (H*W,) each) through the pixel centres.
@@ -625,7 +691,7 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
             o, d = camera_ray(params, col + jx, row + jy, width, height)
             acc += radiance(o, d, state, max_depth, mode, pix, s < 0, depth, normal, albedo, obj,
                             tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, emit_tri, emit_cdf,
-                            mat_i, mat_f, tex, tex_info, light_i, light_f, params)
+                            mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params)
         accum[pix] += acc
 
 
@@ -637,6 +703,22 @@ def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
         t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_v)
         t_out[r] = t if k >= 0 else ti.math.inf
         tri_out[r] = k
+
+
+@ti.kernel
+def env_sample_probe(u: ND2F, env_cdf: NDF, env_pmf: NDF, w: ti.i32, h: ti.i32, d_out: NDV3, pdf_out: NDF):
+    """env_sample at given uniforms (N, 2) (for tests)."""
+    for k in range(u.shape[0]):
+        d, pdf = env_sample(u[k, 0], u[k, 1], env_cdf, env_pmf, w, h)
+        d_out[k] = d
+        pdf_out[k] = pdf
+
+
+@ti.kernel
+def env_pdf_probe(dirs: NDV3, env_pmf: NDF, w: ti.i32, h: ti.i32, pdf_out: NDF):
+    """env_pdf of unit directions (for tests)."""
+    for k in range(dirs.shape[0]):
+        pdf_out[k] = env_pdf(dirs[k], env_pmf, w, h)
 
 
 @ti.kernel

@@ -270,9 +270,12 @@ def _lit_scene():
     })
 
 
-@pytest.mark.parametrize("scene_name", ["cornell", "lit"])
+@pytest.mark.parametrize("scene_name", ["cornell", "lit", "lit_by_a_map"])
 def test_nee_bsdf_and_mis_agree(scene_name):
     scene = render.cornell_box(width=32, height=32) if scene_name == "cornell" else _lit_scene()
+    if scene_name == "lit_by_a_map":  # a glossy ball and a floor under a sky with a sun (and the lamps)
+        scene = dataclasses.replace(scene, environment=render.Environment(radiance=(0.5, 0.5, 0.5),
+                                                                          image=sun_sky(sun_radiance=40.0)))
     means = {}
     for strategy in ("mis", "nee", "bsdf"):
         f = trace(scene, spp=128, max_depth=5, strategy=strategy)
@@ -435,6 +438,73 @@ def test_environment_map_orientation():
         c = render.Camera((0, 0, 0), look, (0, 1, 0), 1.0, 4, 4)
         f = trace(scene, c, spp=4, max_depth=1)
         np.testing.assert_allclose(f.rgb.reshape(-1, 3).mean(0), colour, atol=1e-3)
+
+
+def sun_sky(height=32, width=64, sun=(6, 40), sun_radiance=400.0, sky=0.05):
+    """An equirect map: a dim sky and a small bright sun (2 x 2 texels) at texel (row, column) sun."""
+    img = np.full((height, width, 3), sky, np.float32)
+    r, c = sun
+    img[r:r + 2, c:c + 2] = sun_radiance
+    return img
+
+
+def _sun_lit_plane(spp_size=16):
+    base = render.scene_from_dict({
+        "camera": cam((0.0, 1.0, 0.0), (0.0, 0.0, 0.0), fov=20.0, size=spp_size, up=(0.0, 0.0, -1.0)),
+        "materials": {"m": {"type": "diffuse", "albedo": [0.5, 0.5, 0.5]}},
+        "objects": [{"shape": "quad", "size": [2000.0, 2000.0], "rotate": [-90.0, 0.0, 0.0], "material": "m"}],
+    })
+    return dataclasses.replace(base, environment=render.Environment(radiance=(1.0, 1.0, 1.0), image=sun_sky()))
+
+
+def test_environment_map_sampling_density():
+    """Next-event estimation draws environment directions in proportion to the map's brightness
+    (times the solid angle of its texels): the density integrates to 1 over the sphere, matches
+    the density of the directions actually drawn, and is positive wherever the map is lit."""
+    img = sun_sky()
+    scene = dataclasses.replace(_sun_lit_plane(), environment=render.Environment(radiance=(1.0, 1.0, 1.0), image=img))
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(200_000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pdf = pt.environment_pdf(scene, d)
+    assert pdf.min() > 0.0
+    integral = 4.0 * math.pi * pdf.mean()
+    assert abs(integral - 1.0) < 0.02, integral  # Monte Carlo over uniform directions; the sun is 0.2% of the sphere
+    wi, pdf_drawn = pt.sample_environment(scene, rng.random((100_000, 2)))
+    np.testing.assert_allclose(np.linalg.norm(wi, axis=1), 1.0, atol=1e-5)
+    # (a draw within float rounding of a texel's edge may be looked up in the neighbouring texel)
+    assert np.isclose(pdf_drawn, pt.environment_pdf(scene, wi), rtol=1e-3).mean() > 0.9999
+    # The fraction of draws toward the sun is its share of the map's luminance x solid angle.
+    u = 0.5 + np.arctan2(wi[:, 0], -wi[:, 2]) / (2 * math.pi)
+    v = np.arccos(np.clip(wi[:, 1], -1, 1)) / math.pi
+    rows, cols = np.floor(v * img.shape[0]).astype(int), np.floor(u * img.shape[1]).astype(int) % img.shape[1]
+    in_sun = (rows >= 5) & (rows <= 8) & (cols >= 39) & (cols <= 42)  # the sun and the texels its filter reaches
+    assert in_sun.mean() > 0.8  # 400 / 0.05: nearly every draw goes toward the sun
+    # The density's mass over those texels, by midpoint quadrature in (theta, phi) (20 x 20 points a texel).
+    v = (5 + (np.arange(80) + 0.5) / 20) / img.shape[0]
+    u = (39 + (np.arange(80) + 0.5) / 20) / img.shape[1]
+    vv, uu = np.meshgrid(v, u, indexing="ij")
+    theta, phi = vv * math.pi, 2 * math.pi * (uu - 0.5)
+    grid = np.stack([np.sin(theta) * np.sin(phi), np.cos(theta), -np.sin(theta) * np.cos(phi)], -1).reshape(-1, 3)
+    d_area = (math.pi / img.shape[0] / 20) * (2 * math.pi / img.shape[1] / 20)
+    expected = float((pt.environment_pdf(scene, grid) * np.sin(theta).ravel()).sum() * d_area)
+    assert abs(in_sun.mean() - expected) < 0.01, (in_sun.mean(), expected)
+
+
+def test_environment_map_is_importance_sampled():
+    """Under a small bright sun, light sampling (which picks the sun) is far less noisy than BSDF
+    sampling (which rarely hits it), and both estimate the same image."""
+    scene = _sun_lit_plane()
+    nee = trace(scene, spp=16, max_depth=2, strategy="nee")
+    bsdf = trace(scene, spp=16, max_depth=2, strategy="bsdf")
+    mis = trace(scene, spp=16, max_depth=2)
+    (m_n, se_n), (m_b, se_b), (m_m, se_m) = (mean_and_stderr(f.rgb) for f in (nee, bsdf, mis))
+    assert np.all(np.abs(m_n - m_b) < 5 * np.hypot(se_n, se_b)), (m_n, m_b)
+    assert np.all(np.abs(m_m - m_n) < 5 * np.hypot(se_m, se_n)), (m_m, m_n)
+    pix_n = nee.rgb.reshape(-1, 3).std(0)
+    pix_b = bsdf.rgb.reshape(-1, 3).std(0)
+    assert np.all(pix_n < 0.25 * pix_b), (pix_n, pix_b)
+    assert np.all(mis.rgb.reshape(-1, 3).std(0) < 0.5 * pix_b)
 
 
 def test_gpu_backend_refused_without_cuda():
