@@ -17,7 +17,7 @@ __all__ = [
     "AOV_NAMES", "Camera", "Checker", "Environment", "FAMILIES", "Frame", "Light", "Material", "RenderError",
     "Scene", "SceneError", "SceneObject", "cornell_box", "load_scene", "load_toml", "make_scene", "read_image",
     "rooms_ring", "save_scene", "scene_from_dict", "scene_to_dict", "shepard_metzler", "write_image",
-    "rasterize", "rasterize_batch", "pathtrace", "compare",
+    "rasterize", "rasterize_batch", "pathtrace", "pathtrace_views", "compare",
 ]
 
 
@@ -26,10 +26,10 @@ def __getattr__(name):  # lazy entry points of the renderers (PEP 562)
         from . import rasterizer
 
         return getattr(rasterizer, name)
-    if name == "pathtrace":
-        from .pathtracer import pathtrace
+    if name in ("pathtrace", "pathtrace_views"):
+        from . import pathtracer
 
-        return pathtrace
+        return getattr(pathtracer, name)
     if name == "compare":
         from .metrics import compare
 

@@ -34,7 +34,8 @@ RENDERERS = ("raster", "path", "both")
 # half-made dataset is not resumed with shards that would differ from its first ones. 2: the
 # rasterizer's depth test before the division, the written-out view matrix, R S folded into one
 # matrix product when placing shapes (rounding-level changes). 3: the path tracer's environment-map
-# sampling (its compiled code rounds some path-traced pixels of every scene differently, by ~1e-7).
+# sampling and its views of a scene traced in one launch (the recompiled kernel rounds some
+# path-traced pixels of every scene differently, by ~1e-7).
 RENDER_REVISION = 3
 
 
@@ -128,14 +129,15 @@ def render_shard(config: DatasetConfig, index: int) -> tuple[dict[str, np.ndarra
                              shadow_resolution=shadow_map_size(config.size))
         arrays["images"] = np.stack([to_srgb8(rgb) for rgb in rgbs]).reshape(s, v, n, n, 3)
     if config.renderer in ("path", "both"):
-        from .pathtracer import pathtrace
+        from .pathtracer import pathtrace_views
 
         imgs = np.empty((s * v, n, n, 3), np.uint8)
-        for j, (scene, cam) in enumerate(pairs):
-            k, view = ks[j // v], j % v
-            f = pathtrace(scene, cam, spp=config.spp, max_depth=config.max_depth,
-                          seed=config.seed * 1_000_003 + k * v + view)
-            imgs[j] = to_srgb8(f.rgb)
+        for row, k in enumerate(ks):  # a scene's views in one launch per pass
+            frames = pathtrace_views(pairs[row * v][0], [c for _, c in pairs[row * v:(row + 1) * v]],
+                                     spp=config.spp, max_depth=config.max_depth,
+                                     seeds=[config.seed * 1_000_003 + k * v + view for view in range(v)])
+            for view, f in enumerate(frames):
+                imgs[row * v + view] = to_srgb8(f.rgb)
         arrays["images_path" if config.renderer == "both" else "images"] = imgs.reshape(s, v, n, n, 3)
     return arrays, records
 

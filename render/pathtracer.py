@@ -1,6 +1,7 @@
 """Physically based path tracer (Taichi on the CPU or a CUDA GPU) with Mitsuba 3's radiometry.
 
-``pathtrace(scene, camera, spp=…)`` renders a ``Frame``: unidirectional path tracing over a SAH BVH,
+``pathtrace(scene, camera, spp=…)`` renders a ``Frame`` (``pathtrace_views`` several views of a scene
+at once): unidirectional path tracing over a SAH BVH,
 next-event estimation combined with BSDF sampling by the power heuristic, Russian roulette from
 depth 5, diffuse / GGX metal / smooth glass / emitters, textures and checkers, point, directional,
 area and environment light. The loops are pbrt's: ``pathtrace`` → passes → ``render_pass`` (pixel ×
@@ -224,16 +225,11 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     return packed
 
 
-def _camera_params(params: np.ndarray, cam: Camera) -> np.ndarray:
-    """Fill the camera slots of ``params``: origin, right * tan * aspect, up * tan, forward."""
-    out = params.copy()
+def _camera_row(cam: Camera) -> np.ndarray:
+    """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward."""
     right, up, fwd = cam.basis()
     tan_half = math.tan(math.radians(cam.fov) / 2.0)
-    out[0:3] = cam.position
-    out[3:6] = right * tan_half * cam.aspect
-    out[6:9] = up * tan_half
-    out[9:12] = fwd
-    return out
+    return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd]).astype(np.float32)
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "emit_tri",
@@ -297,6 +293,29 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     compile_seconds and render_seconds.
     """
     camera = scene.camera if camera is None else camera
+    return pathtrace_views(scene, [camera], spp=spp, max_depth=max_depth, seeds=[seed], backend=backend,
+                           time_budget=time_budget, progress=progress, strategy=strategy)[0]
+
+
+def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seeds=None, backend: str = "auto",
+                    time_budget: float | None = None, progress: bool = False, strategy: str = "mis") -> list[Frame]:
+    """Render several views of one scene in the same kernel launches (one per pass), for many small
+    views (datasets) where one launch per view would leave the threads or the GPU idle.
+
+    cameras: Cameras of one size. seeds: one per camera (default 0, 1, 2, ...). View k is bit for bit
+    ``pathtrace(scene, cameras[k], seed=seeds[k], ...)`` with the other arguments as documented
+    there. Returns one Frame per camera; each one's meta describes the whole call (paths_per_second,
+    render_seconds, ...) and adds ``views``.
+    """
+    cameras = list(cameras)
+    if not cameras:
+        return []
+    seeds = list(range(len(cameras))) if seeds is None else list(seeds)
+    if len(seeds) != len(cameras):
+        raise RenderError(f"{len(seeds)} seeds for {len(cameras)} cameras; expected one seed per camera")
+    sizes = {(c.width, c.height) for c in cameras}
+    if len(sizes) > 1:
+        raise RenderError(f"cameras of sizes {sorted(sizes)}; expected one size for all the views of a call")
     if not isinstance(spp, (int, np.integer)) or spp < 1:
         raise RenderError(f"spp {spp!r}; expected an integer >= 1")
     if not isinstance(max_depth, (int, np.integer)) or max_depth < -1:
@@ -313,9 +332,11 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     k = _state["kernels"]
     packed = _pack(scene)
     dev = _device_arrays(packed, used)
-    params = _camera_params(packed["params"], camera)
-    W, H = camera.width, camera.height
-    seed32 = int(seed) & 0xFFFFFFFF
+    params = packed["params"]
+    W, H = cameras[0].width, cameras[0].height
+    V = len(cameras)
+    cams = np.stack([_camera_row(c) for c in cameras])
+    seed32 = np.array([int(x) & 0xFFFFFFFF for x in seeds], np.uint32)
 
     import taichi as ti
 
@@ -323,22 +344,30 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
         """An output array: numpy on the CPU (zero-copy), a device ndarray on a GPU (numpy arguments
         would be copied both ways at every pass)."""
         if used == "cpu":
-            return np.zeros((H * W, 3) if vec else (H * W,), dtype)
-        nd = ti.ndarray(dtype=ti.math.vec3 if vec else (ti.f32 if dtype == np.float32 else ti.i32), shape=H * W)
+            return np.zeros((V * H * W, 3) if vec else (V * H * W,), dtype)
+        nd = ti.ndarray(dtype=ti.math.vec3 if vec else (ti.f32 if dtype == np.float32 else ti.i32), shape=V * H * W)
         nd.fill(0)
+        return nd
+
+    def small(a: np.ndarray):  # per-view inputs: numpy on the CPU, uploaded once on a GPU
+        if used == "cpu":
+            return a
+        nd = ti.ndarray(dtype=ti.u32 if a.dtype == np.uint32 else ti.f32, shape=a.shape)
+        nd.from_numpy(a)
         return nd
 
     accum = buffer(np.float32, True)
     depth_arr, normal_arr = buffer(np.float32, False), buffer(np.float32, True)
     albedo_arr, obj_arr = buffer(np.float32, True), buffer(np.int32, False)
     scene_args = [dev[n] for n in _DEVICE_KEYS]
+    views_args = (small(seed32), small(cams))
     max_d = int(max_depth)
     mode = STRATEGIES[strategy]
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
     # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
-    k.render_pass(accum, *aovs, 0, 0, 0, 0, seed32, max_d, mode, *scene_args, params)
+    k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params)
     ti.sync()
     compile_seconds = time.perf_counter() - t_c
 
@@ -347,7 +376,8 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=spp, unit="spp", desc=f"path {W}x{H} {used}", leave=False)
+        what = f"path {W}x{H}" + (f" x{V} views" if V > 1 else "")
+        bar = tqdm(total=spp, unit="spp", desc=f"{what} {used}", leave=False)
     done = 0
     first_pass_seconds = None
     last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
@@ -357,7 +387,7 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
             if elapsed + last[1] * n / last[0] > time_budget:
                 break
         tp = time.perf_counter()
-        k.render_pass(accum, *aovs, W, H, done, n, seed32, max_d, mode, *scene_args, params)
+        k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params)
         ti.sync()
         dt = time.perf_counter() - tp
         last = (n, dt)
@@ -371,18 +401,20 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     render_seconds = time.perf_counter() - t_r
     host = (lambda a: a) if used == "cpu" else (lambda a: a.to_numpy())  # noqa: E731
     acc, depth_arr, normal_arr, albedo_arr, obj_arr = map(host, (accum, depth_arr, normal_arr, albedo_arr, obj_arr))
-    rgb = (acc / np.float32(done)).reshape(H, W, 3).astype(np.float32)
+    rgb = (acc / np.float32(done)).reshape(V, H, W, 3).astype(np.float32)
     meta = {
-        "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d, "seed": int(seed),
-        "strategy": strategy, "backend": used, "device": device, "width": W, "height": H,
-        "paths_per_second": W * H * done / max(render_seconds, 1e-9),
+        "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d,
+        "strategy": strategy, "backend": used, "device": device, "width": W, "height": H, "views": V,
+        "paths_per_second": V * W * H * done / max(render_seconds, 1e-9),
         "compile_seconds": compile_seconds, "render_seconds": render_seconds,
         "first_pass_seconds": first_pass_seconds, "total_seconds": time.perf_counter() - t_start,
         "bvh_seconds": packed["bvh_seconds"], "bvh_nodes": packed["bvh_nodes"], "bvh_depth": packed["bvh_depth"],
         "triangles": scene.num_triangles,
     }
-    return Frame(rgb=rgb, depth=depth_arr.reshape(H, W), normal=normal_arr.reshape(H, W, 3),
-                 albedo=albedo_arr.reshape(H, W, 3), object_id=obj_arr.reshape(H, W), meta=meta)
+    depth_arr, normal_arr = depth_arr.reshape(V, H, W), normal_arr.reshape(V, H, W, 3)
+    albedo_arr, obj_arr = albedo_arr.reshape(V, H, W, 3), obj_arr.reshape(V, H, W)
+    return [Frame(rgb=rgb[v], depth=depth_arr[v], normal=normal_arr[v], albedo=albedo_arr[v], object_id=obj_arr[v],
+                  meta={**meta, "seed": int(seeds[v])}) for v in range(V)]
 
 
 # --- probes for tests -------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
     env_cdf  (H + H*W,) f32  environment map sampling: cumulative probability of its rows, then of the
                           texels within each row (W per row); env_pmf (H*W,) f32 each texel's probability
                           (see render.pathtracer._environment_distribution; placeholders without a map)
-Scalars in ``params`` (f32 (24,)): camera origin, right * tan(fov/2) * aspect, up * tan(fov/2), forward,
-environment radiance, then the light-group counts as floats (see ``GROUP_*``).
+Scalars in ``params`` (f32 (24,)): 12 unused slots (once the camera), environment radiance, then the
+environment map's texture index and the light-group counts as floats. Cameras come per view in
+``render_pass``'s ``cams``.
 """
 
 import math
@@ -48,6 +49,7 @@ MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (scene coordina
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
 ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)
 NDI = ti.types.ndarray(dtype=ti.i32, ndim=1)
+NDU = ti.types.ndarray(dtype=ti.u32, ndim=1)
 NDV3 = ti.types.ndarray(dtype=vec3, ndim=1)
 NDV2 = ti.types.ndarray(dtype=vec2, ndim=1)
 NDI2 = ti.types.ndarray(dtype=ivec2, ndim=1)
@@ -467,7 +469,7 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
 
 
 @ti.func
-def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
+def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
              normal_aov: ti.template(), albedo_aov: ti.template(), obj_aov: ti.template(), tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
              emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(), mat_f: ti.template(),
@@ -528,7 +530,7 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
         front = d.dot(ng) < 0.0
         base = base_color(m, uv, mat_i, mat_f, tex, tex_info)
         if aov:
-            depth_aov[pix] = t * d.dot(vec3(params[9], params[10], params[11]))
+            depth_aov[pix] = t * d.dot(fwd)
             normal_aov[pix] = ns
             albedo_aov[pix] = base
             obj_aov[pix] = tri_i[k][1]
@@ -654,45 +656,52 @@ def radiance(o, d, state: ti.template(), max_depth, mode, pix, aov, depth_aov: t
 
 # --- kernels --------------------------------------------------------------------------------------
 @ti.func
-def camera_ray(params: ti.template(), px, py, width, height):
-    origin = vec3(params[0], params[1], params[2])
-    right = vec3(params[3], params[4], params[5])
-    up = vec3(params[6], params[7], params[8])
-    fwd = vec3(params[9], params[10], params[11])
+def camera_ray(cams: ti.template(), v, px, py, width, height):
+    """Ray of view v through raster point (px, py); cams (V, 12): origin, right * tan(fov/2) * aspect,
+    up * tan(fov/2), forward."""
+    origin = vec3(cams[v, 0], cams[v, 1], cams[v, 2])
+    right = vec3(cams[v, 3], cams[v, 4], cams[v, 5])
+    up = vec3(cams[v, 6], cams[v, 7], cams[v, 8])
+    fwd = vec3(cams[v, 9], cams[v, 10], cams[v, 11])
     sx = 2.0 * px / width - 1.0
     sy = 1.0 - 2.0 * py / height
-    return origin, (sx * right + sy * up + fwd).normalized()
+    return origin, (sx * right + sy * up + fwd).normalized(), fwd
 
 
 @ti.kernel
 def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32, height: ti.i32,
-                sample0: ti.i32, spp: ti.i32, seed: ti.u32, max_depth: ti.i32, mode: ti.i32,
-                tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
+                views: ti.i32, sample0: ti.i32, spp: ti.i32, seeds: NDU, cams: ND2F, max_depth: ti.i32,
+                mode: ti.i32, tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
                 node_lo: NDV3, node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF,
                 mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
                 env_cdf: NDF, env_pmf: NDF, params: NDF):
-    """Add ``spp`` samples (indices sample0 ..) of every pixel to accum (H*W,) vec3 (sum of radiance).
-    Box pixel filter: each sample is uniform over its pixel. The pass that starts at sample 0 also
-    writes the first-hit AOVs (depth, normal, albedo, obj; (H*W,) each) through the pixel centres.
-    One kernel does both so that a warm start loads a single kernel from the offline cache."""
-    for pix in range(width * height):
+    """Add ``spp`` samples (indices sample0 ..) of every pixel of ``views`` views of one scene to accum
+    (V*H*W,) vec3 (sum of radiance); view v has camera cams[v] and seed seeds[v], and its pixels are
+    the same numbers whether it is rendered alone or with others (the random stream of a sample
+    depends on (seed, pixel, sample) only). Box pixel filter: each sample is uniform over its pixel.
+    The pass that starts at sample 0 also writes the first-hit AOVs (depth, normal, albedo, obj;
+    (V*H*W,) each) through the pixel centres. One kernel does both so that a warm start loads a
+    single kernel from the offline cache."""
+    for q in range(views * width * height):
+        v = q // (width * height)
+        pix = q % (width * height)
         row = pix // width
         col = pix % width
         acc = vec3(0.0)
         # s = -1 (first pass only) is the AOV ray through the pixel centre; it shares radiance()'s
         # single inlined copy of the traversal instead of compiling another one
         for s in range(-1 if sample0 == 0 else 0, spp):
-            state = rng_seed(seed, ti.u32(pix), ti.u32(sample0 + s))
+            state = rng_seed(seeds[v], ti.u32(pix), ti.u32(sample0 + s))
             jx = 0.5
             jy = 0.5
             if s >= 0:
                 jx = rand(state)
                 jy = rand(state)
-            o, d = camera_ray(params, col + jx, row + jy, width, height)
-            acc += radiance(o, d, state, max_depth, mode, pix, s < 0, depth, normal, albedo, obj,
+            o, d, fwd = camera_ray(cams, v, col + jx, row + jy, width, height)
+            acc += radiance(o, d, fwd, state, max_depth, mode, q, s < 0, depth, normal, albedo, obj,
                             tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, emit_tri, emit_cdf,
                             mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params)
-        accum[pix] += acc
+        accum[q] += acc
 
 
 @ti.kernel

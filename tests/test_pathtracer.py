@@ -507,6 +507,22 @@ def test_environment_map_is_importance_sampled():
     assert np.all(mis.rgb.reshape(-1, 3).std(0) < 0.5 * pix_b)
 
 
+def test_views_rendered_together_equal_views_rendered_alone():
+    scene = render.make_scene("rooms_ring", seed=2, width=20, height=20)
+    cams = render.families.rooms_ring_cameras(np.random.default_rng(3), 3, 20, 20)
+    together = pt.pathtrace_views(scene, cams, spp=3, max_depth=4, seeds=[7, 8, 7], backend="cpu")
+    for cam, seed, f in zip(cams, (7, 8, 7), together):
+        alone = trace(scene, cam, spp=3, max_depth=4, seed=seed)
+        for name in ("rgb", "depth", "normal", "albedo", "object_id"):
+            np.testing.assert_array_equal(getattr(f, name), getattr(alone, name), err_msg=name)
+        assert f.meta["views"] == 3 and f.meta["seed"] == seed
+    assert not np.array_equal(together[0].rgb, together[1].rgb)
+    with pytest.raises(RenderError, match="one seed per camera"):
+        pt.pathtrace_views(scene, cams, spp=1, seeds=[1], backend="cpu")
+    with pytest.raises(RenderError, match="one size"):
+        pt.pathtrace_views(scene, [cams[0], cams[1].with_size(8, 8)], spp=1, backend="cpu")
+
+
 def test_gpu_backend_refused_without_cuda():
     from render.pathtracer import _gpu_name  # noqa: F401  (module loads without a GPU)
 
