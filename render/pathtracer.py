@@ -216,7 +216,8 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
         "mat_i": mat_i, "mat_f": mat_f, "tex": tex.astype(np.float32), "tex_info": tex_info,
         "light_i": lights["type"] if n_delta else np.zeros(1, np.int32),
         "light_f": light_f.astype(np.float32) if n_delta else np.zeros((3, 3), np.float32),
-        "env_cdf": env_cdf, "env_pmf": env_pmf, "params": params, "tri_order": order, "bvh_depth": bvh.depth, "bvh_nodes": bvh.num_nodes,
+        "env_cdf": env_cdf, "env_pmf": env_pmf, "params": params, "tri_order": order, "bvh_depth": bvh.depth,
+        "bvh_nodes": bvh.num_nodes,
         "bvh_seconds": time.perf_counter() - t0,
     }
     if bvh.depth >= STACK_SIZE:
