@@ -62,11 +62,6 @@ BYTES_PER_PIXEL = 12 + 4 + 12 + 12 + 4  # rgb, depth, normal, albedo, id
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_count() -> int:
-    return os.cpu_count() or 1
-
-
-@functools.lru_cache(maxsize=1)
 def _memory_bytes() -> int:
     """Physical memory in bytes (or 8 GiB when the platform does not say)."""
     try:
@@ -582,7 +577,7 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     if not pairs:
         return []
     ssaa = int(ssaa)
-    workers = _cpu_count()
+    workers = numba.config.NUMBA_NUM_THREADS  # visibility buffers: one per pool thread at most
     for (h, w), n in _sizes(pairs).items():
         _check_request(w, h, ssaa, n, workers)
     compile_s = warm_up()
