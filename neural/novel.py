@@ -116,9 +116,9 @@ def orbit(model: GQN, scene: Any, context_images: np.ndarray, context_viewpoints
     path, note = None, "off (--path-spp 0)"
     if path_spp > 0:
         try:  # the path tracer is optional: a missing or failing Taichi leaves its column out
-            from render import pathtrace
+            from render import pathtrace_views
 
-            path = _srgb([pathtrace(scene, c, spp=path_spp, seed=seed) for c in cams])
+            path = _srgb(pathtrace_views(scene, cams, spp=path_spp, seeds=[seed] * len(cams)))
         except Exception as exc:  # noqa: BLE001
             note = f"path tracer unavailable ({type(exc).__name__}: {exc})"
     mean = draws.mean(0)
