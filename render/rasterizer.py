@@ -392,15 +392,25 @@ def _pack(scene: Scene, *settings) -> _Packed:
 # Buffers kept for reuse: the output images behind the Frames and the visibility buffers. A render
 # loop drops each frame before it asks for the next, and fresh pages cost: the first 512x512 frame
 # after other work took ~3 ms more (2,800 page faults for its 11.5 MB of outputs) on the 2-core
-# machine we measure on. Every view of an array holds a reference to it, so an array whose only
-# references are the pool's list and getrefcount's argument is used by nobody: it can be handed
-# out again, and an image a caller keeps is never overwritten (a second thread rendering at the same
-# time finds the first one's arrays in use and gets new ones). At most POOL_BYTES are kept, least
-# recently used shape first out.
+# machine we measure on. Every view of an array holds a reference to it, so an array with no more
+# references than the pool's own is used by nobody: it can be handed out again, and an image a
+# caller keeps is never overwritten (a second thread rendering at the same time finds the first
+# one's arrays in use and gets new ones). At most POOL_BYTES are kept, least recently used shape
+# first out.
 _POOL: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
 _POOL_LOCK = threading.Lock()
 POOL_BYTES = 128 << 20
 _pool_bytes = 0
+
+
+def _refs_of_a_free_array() -> int:
+    """getrefcount of an array referenced only by a list, read the way ``_buffers`` reads the pool
+    (measured, not assumed: interpreters differ in how they count a loop variable's reference)."""
+    arrays = [np.empty(1)]
+    return next(sys.getrefcount(a) for a in arrays)
+
+
+_FREE_REFS = _refs_of_a_free_array()
 
 
 def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
@@ -413,7 +423,7 @@ def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
             key = (shape, np.dtype(dtype).str)
             arrays = _POOL.setdefault(key, [])
             _POOL.move_to_end(key)
-            arr = next((a for a in arrays if sys.getrefcount(a) <= 3), None)  # list, `a`, argument
+            arr = next((a for a in arrays if sys.getrefcount(a) <= _FREE_REFS), None)
             if arr is None:
                 arr = np.empty(shape, dtype)
                 if arr.nbytes <= POOL_BYTES:
