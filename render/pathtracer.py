@@ -433,9 +433,14 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
 
 
+def _probe_backend() -> None:
+    """Probes run on whatever backend this process already uses (the CPU if none yet)."""
+    init_backend(_state["backend"] or "cpu")
+
+
 def _environment_of(scene: Scene) -> tuple[dict, int, int]:
     """The scene's packed arrays and its environment map's width and height (it must have one)."""
-    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    _probe_backend()
     packed = _pack(scene)
     env_tex = int(packed["params"][15])
     if env_tex < 0:
@@ -480,7 +485,7 @@ MATERIAL_CODES = {"diffuse": 0, "metal": 1, "glass": 2, "emitter": 3}
 def sample_bsdf(material: str, base, wo, n: int, *, roughness: float = 0.0, ior: float = 1.5,
                 entering: bool = True, seed: int = 0) -> BSDFSamples:
     """Draw n samples of a material's BSDF from direction wo (local frame, unit)."""
-    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    _probe_backend()
     wi, w, e = (np.zeros((n, 3), np.float32) for _ in range(3))
     pdf, epdf = np.zeros(n, np.float32), np.zeros(n, np.float32)
     delta = np.zeros(n, np.int32)
@@ -492,7 +497,7 @@ def sample_bsdf(material: str, base, wo, n: int, *, roughness: float = 0.0, ior:
 
 def eval_bsdf(material: str, base, wo, wis: np.ndarray, *, roughness: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """f |cos| (N, 3) and sampling pdf (N,) of a non-delta BSDF at directions wis (N, 3), local frame."""
-    init_backend("cpu" if _state["backend"] is None else _state["backend"])
+    _probe_backend()
     wis = np.ascontiguousarray(wis, np.float32)
     fc = np.zeros((len(wis), 3), np.float32)
     pdf = np.zeros(len(wis), np.float32)

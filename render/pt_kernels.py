@@ -276,6 +276,16 @@ def cdf_find(cdf: ti.template(), start, n, u):
 
 
 @ti.func
+def env_density(env_pmf: ti.template(), texel, w, h, sin_theta):
+    """Solid-angle density of a direction in a texel of probability env_pmf[texel]: the texel's
+    density in (u, v), w * h times its probability, over the Jacobian 2 pi^2 sin(theta)."""
+    pdf = 0.0
+    if sin_theta > 0.0:
+        pdf = env_pmf[texel] * (w * h) / (2.0 * math.pi * math.pi * sin_theta)
+    return pdf
+
+
+@ti.func
 def env_sample(u1, u2, env_cdf: ti.template(), env_pmf: ti.template(), w, h):
     """A direction drawn from the environment map's distribution (a row by its share, a texel within
     the row by its share, a uniform point in the texel) and its solid-angle density."""
@@ -285,10 +295,7 @@ def env_sample(u1, u2, env_cdf: ti.template(), env_pmf: ti.template(), w, h):
     phi = 2.0 * math.pi * ((j + fu) / w - 0.5)  # u = 0.5 + atan2(d.x, -d.z) / (2 pi), as environment()
     st = ti.sin(theta)
     d = vec3(st * ti.sin(phi), ti.cos(theta), -st * ti.cos(phi))
-    pdf = 0.0
-    if st > 0.0:
-        pdf = env_pmf[i * w + j] * (w * h) / (2.0 * math.pi * math.pi * st)
-    return d, pdf
+    return d, env_density(env_pmf, i * w + j, w, h, st)
 
 
 @ti.func
@@ -299,10 +306,7 @@ def env_pdf(d, env_pmf: ti.template(), w, h):
     j = ti.min(ti.i32(u * w), w - 1)
     i = ti.min(ti.i32(v * h), h - 1)
     st = ti.sqrt(ti.max(1.0 - d.y * d.y, 0.0))
-    pdf = 0.0
-    if st > 0.0:
-        pdf = env_pmf[i * w + j] * (w * h) / (2.0 * math.pi * math.pi * st)
-    return pdf
+    return env_density(env_pmf, i * w + j, w, h, st)
 
 
 @ti.func

@@ -653,17 +653,24 @@ def rasterize(scene: Scene, camera: Camera | None = None, *, ssaa: int = 1, shad
     return rasterize_batch([(scene, camera)], ssaa=ssaa, shadows=shadows, **options)[0]
 
 
+def _raw_geometry(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scene's corners as the raster kernels read them (``corner_rows``), its chunk bounds and
+    (T,) int32 1 where a triangle's material is one-sided (back faces culled), for the diagnostics
+    below that rasterize without packing or shading."""
+    pos = np.array(scene.positions, np.float32)
+    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
+    return K.corner_rows(pos), K.chunk_bounds(pos), (1 - two).astype(np.int32)
+
+
 def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> np.ndarray:
     """(H, W) int32: fragments each pixel receives with no depth test (watertightness diagnostics).
     cull: apply back-face culling to one-sided materials as ``rasterize`` does."""
     camera = camera or scene.camera
     warm_up()
     M, d, _ = _view_arrays(camera)
-    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
-    tri_cull = (1 - two).astype(np.int32) if cull else np.zeros(scene.num_triangles, np.int32)
-    pos = np.array(scene.positions, np.float32)
-    return K.coverage_count(K.corner_rows(pos), K.chunk_bounds(pos), tri_cull, M, d,
-                            camera.width, camera.height)
+    pts, chunks, one_sided = _raw_geometry(scene)
+    tri_cull = one_sided if cull else np.zeros(scene.num_triangles, np.int32)
+    return K.coverage_count(pts, chunks, tri_cull, M, d, camera.width, camera.height)
 
 
 def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -674,13 +681,11 @@ def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, 
     _check_request(camera.width, camera.height, 1)
     warm_up()
     M, d, _ = _view_arrays(camera)
-    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
+    pts, chunks, one_sided = _raw_geometry(scene)
     h, w = camera.height, camera.width
     zbuf = np.full((h, w), np.inf, np.float32)
     tbuf = np.full((h, w), -1, np.int32)
     bbuf = np.empty((h, w, 2), np.float32)
-    pos = np.array(scene.positions, np.float32)
-    K.raster_triangles(K.corner_rows(pos), K.chunk_bounds(pos), 0, scene.num_triangles,
-                       (1 - two).astype(np.int32), M, d, w, h, zbuf, tbuf, bbuf, np.zeros((1, 1), np.int32),
-                       K.MODE_VISIBILITY)
+    K.raster_triangles(pts, chunks, 0, scene.num_triangles, one_sided, M, d, w, h, zbuf, tbuf, bbuf,
+                       np.zeros((1, 1), np.int32), K.MODE_VISIBILITY)
     return tbuf, zbuf
