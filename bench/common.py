@@ -68,11 +68,12 @@ def machine() -> dict[str, Any]:
 
 def save(name: str, settings: dict[str, Any], results: Any, path: str | Path | None = None,
          modules: tuple[str, ...] = ()) -> Path:
-    """Write ``{machine, versions, settings, results, date}`` as JSON (atomically) and return the path."""
+    """Write ``{machine (with the date and commit), versions, settings, results}`` as JSON (atomically)
+    and return the path."""
     from render.image_io import write_json_atomic
 
     path = Path(path) if path else RESULTS / f"{name}.json"
-    doc = {"bench": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+    doc = {"bench": name, "machine": machine(),
            "versions": versions(*modules), "settings": settings, "results": results}
     write_json_atomic(path, doc)
     return path

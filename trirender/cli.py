@@ -303,7 +303,7 @@ def convergence_cmd(
     convergence_plot(spps, errors, raster_error, out_path, title=f"{scene}, {cam.width}x{cam.height}, reference: {ref_note}")
     if json_out:
         write_json_atomic(json_out, {"scene": scene, "reference": ref_note, "spp": spps, "rmse": errors,
-                               "raster_rmse": raster_error, "raster_ssaa": ssaa, "max_depth": max_depth})
+                                     "raster_rmse": raster_error, "raster_ssaa": ssaa, "max_depth": max_depth})
     out.print(f"wrote {out_path}")
 
 
