@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_LEAF = 4  # triangles per leaf at most (unless they cannot be separated)
+MAX_LEAF = 4  # triangles per leaf at most (unless they cannot be separated), for one-by-one tests
+BLOCK = 8  # the path tracer's leaves: up to BLOCK triangles, tested together in SIMD lanes
+BLOCK_COST = 2.0  # SAH price of testing one block, in one-by-one triangle tests
+MAX_BLOCKS = 1 << 22  # blocks a scene may have (the kernels mask block indices to this range)
 SAH_BINS = 16  # centroid bins per axis
 TRAVERSAL_COST = 1.0  # SAH cost of visiting a node, in units of one triangle test
 STACK_SIZE = 64  # traversal stack entries; the build never makes a deeper tree than this (see _build)
@@ -51,8 +54,14 @@ def _surface_area(lo, hi) -> float:
     return 2.0 * (d0 * d1 + d1 * d2 + d2 * d0)
 
 
-def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth):
-    """Binned SAH build. tri_lo, tri_hi, centroid: (T, 3) float64. Returns the flattened arrays."""
+def _leaf_cost(count, width, block_cost):
+    """SAH cost of intersecting ``count`` triangles tested ``width`` at a time (in triangle tests)."""
+    return block_cost * ((count + width - 1) // width)
+
+
+def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth, width, block_cost):
+    """Binned SAH build. tri_lo, tri_hi, centroid: (T, 3) float64. Returns the flattened arrays.
+    A leaf's triangles are tested ``width`` at a time for ``block_cost`` each (1, 1: one by one)."""
     n_tri = tri_lo.shape[0]
     cap = max(2 * n_tri - 1, 1)
     node_lo = np.empty((cap, 3), np.float64)
@@ -138,11 +147,12 @@ def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth):
                         lhi[c] = max(lhi[c], bin_hi[b, c])
                     if ln == 0 or right_n[b + 1] == 0:
                         continue
-                    cost = TRAVERSAL_COST + (_surface_area(llo, lhi) * ln + right_area[b + 1] * right_n[b + 1]) / max(
+                    cost = TRAVERSAL_COST + (_surface_area(llo, lhi) * _leaf_cost(ln, width, block_cost)
+                                             + right_area[b + 1] * _leaf_cost(right_n[b + 1], width, block_cost)) / max(
                         parent_area, 1e-30)
                     if cost < best_cost:
                         best_cost, best_axis, best_bin = cost, ax, b
-        leaf_cost = float(count)
+        leaf_cost = float(_leaf_cost(count, width, block_cost))
         make_leaf = best_axis < 0 or (count <= max_leaf and leaf_cost <= best_cost)
         if make_leaf and count > max_leaf and depth < max_depth - 1:
             # Centroids coincide on every axis but there are too many triangles: split by index
@@ -190,16 +200,20 @@ def _jit(name: str):
         import numba
 
         g = globals()
-        if "_surface_area" not in _jitted:  # the helper must be jitted before its callers resolve it
-            _jitted["_surface_area"] = g["_surface_area"] = numba.njit(cache=True)(_surface_area)
+        for helper in ("_surface_area", "_leaf_cost"):  # helpers are jitted before their callers resolve them
+            if helper not in _jitted:
+                _jitted[helper] = g[helper] = numba.njit(cache=True)(g[helper])
         _jitted[name] = numba.njit(cache=True)(g[name])
     return _jitted[name]
 
 
-def build_bvh(positions: np.ndarray) -> BVH:
+def build_bvh(positions: np.ndarray, max_leaf: int = MAX_LEAF, width: int = 1, block_cost: float = 1.0) -> BVH:
     """Build the BVH of a triangle soup.
 
     positions: (T, 3, 3) float triangle corners (world space, metres). T >= 1.
+    max_leaf: triangles per leaf at most (unless they cannot be separated).
+    width, block_cost: the SAH prices a leaf of n triangles at block_cost * ceil(n / width) triangle
+        tests (a traversal that tests ``width`` triangles at once in SIMD lanes); 1, 1 = one by one.
     Bounds are rounded outwards to float32 so a float32 traversal never misses a triangle that
     touches its node's face.
     """
@@ -209,7 +223,8 @@ def build_bvh(positions: np.ndarray) -> BVH:
     tri_lo, tri_hi = p.min(axis=1), p.max(axis=1)
     centroid = 0.5 * (tri_lo + tri_hi)
     build = _build if len(p) <= PYTHON_BUILD_MAX else _jit("_build")
-    lo, hi, a, b, axis, idx, depth = build(tri_lo, tri_hi, centroid, MAX_LEAF, SAH_BINS, STACK_SIZE - 1)
+    lo, hi, a, b, axis, idx, depth = build(tri_lo, tri_hi, centroid, max_leaf, SAH_BINS, STACK_SIZE - 1, width,
+                                        float(block_cost))
     # outward rounding: float32 boxes that still contain the float64 ones. A bound at 0 would round
     # to +-1.4e-45, a denormal, and denormal arithmetic costs ~100x on x86 (a floor at y = 0 made
     # every ray 5x slower); below 1e-30 the bound moves out to +-1e-30 instead (a normal float).

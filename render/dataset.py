@@ -35,8 +35,9 @@ RENDERERS = ("raster", "path", "both")
 # rasterizer's depth test before the division, the written-out view matrix, R S folded into one
 # matrix product when placing shapes (rounding-level changes). 3: the path tracer's environment-map
 # sampling and its views of a scene traced in one launch (the recompiled kernel rounds some
-# path-traced pixels of every scene differently, by ~1e-7).
-RENDER_REVISION = 3
+# path-traced pixels of every scene differently, by ~1e-7). 4: the path tracer's BVH leaves of up
+# to 8 triangles tested in SIMD (another tree, and barycentrics rounded differently).
+RENDER_REVISION = 4
 
 
 @dataclass(frozen=True)

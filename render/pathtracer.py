@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .bvh import STACK_SIZE, build_bvh
+from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
 from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
@@ -31,6 +31,7 @@ from .scene import EMITTER, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
+LEAF_MAX = BLOCK  # triangles per BVH leaf at most: one SIMD block (tests raise it to cover several)
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None, "compiled": set()}
@@ -140,11 +141,13 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    bvh = build_bvh(scene.positions)
+    bvh = build_bvh(scene.positions, max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST)
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
     pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
+    node_i = np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32)
+    tri_blk, node_i = _triangle_blocks(tri_v.reshape(-1, 3, 3), node_i)
     tri_n = np.asarray(scene.normals, np.float32)[order].reshape(-1, 3)
     tri_uv = np.asarray(scene.uvs, np.float32)[order].reshape(-1, 2)
     tri_i = np.stack([scene.material_id[order], scene.object_id[order]], axis=1).astype(np.int32)
@@ -211,7 +214,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     packed = {
         "tri_v": tri_v, "tri_n": tri_n, "tri_uv": tri_uv, "tri_i": tri_i, "tri_pdf": tri_pdf,
         "node_lo": bvh.node_lo, "node_hi": bvh.node_hi,
-        "node_i": np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32),
+        "node_i": node_i, "tri_blk": tri_blk,
         "emit_tri": emit_tri if n_emit else np.zeros(1, np.int32), "emit_cdf": emit_cdf,
         "mat_i": mat_i, "mat_f": mat_f, "tex": tex.astype(np.float32), "tex_info": tex_info,
         "light_i": lights["type"] if n_delta else np.zeros(1, np.int32),
@@ -222,8 +225,32 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     }
     if bvh.depth >= STACK_SIZE:
         raise RenderError(f"BVH depth {bvh.depth} exceeds the traversal stack ({STACK_SIZE})")
+    if len(tri_blk) > MAX_BLOCKS:
+        raise RenderError(f"{scene.num_triangles} triangles make {len(tri_blk)} BVH leaf blocks; the path "
+                          f"tracer handles at most {MAX_BLOCKS}")
     _packed_cache[scene] = packed
     return packed
+
+
+def _triangle_blocks(v0e1e2: np.ndarray, node_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each leaf's triangles as blocks of BLOCK lanes for the kernels' SIMD test.
+
+    v0e1e2: (T, 3, 3) v0, e1, e2 per triangle in leaf order; node_i: (N, 3) (a, b, axis).
+    Returns tri_blk (B, 9, BLOCK) float32 — row c of block b is component c (v0 xyz, e1 xyz, e2 xyz)
+    of its lanes; unused lanes are zero (det = 0: never hit) — and node_i with each leaf's third
+    entry (its unused split axis) set to the leaf's first block: block j of a leaf with triangles
+    a .. a + b - 1 holds triangles a + BLOCK j + lane."""
+    node_i = node_i.copy()
+    leaves = np.flatnonzero(node_i[:, 1] > 0)
+    start, count = node_i[leaves, 0].astype(np.int64), node_i[leaves, 1].astype(np.int64)
+    n_blocks = (count + BLOCK - 1) // BLOCK
+    first = np.concatenate([[0], np.cumsum(n_blocks)[:-1]])
+    node_i[leaves, 2] = first
+    leaf = np.repeat(np.arange(len(leaves)), count)  # per triangle of the leaves, in leaf order
+    offset = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # position in its leaf
+    blk = np.zeros((int(n_blocks.sum()), 9, BLOCK), np.float32)
+    blk[first[leaf] + offset // BLOCK, :, offset % BLOCK] = v0e1e2.reshape(-1, 9)[start[leaf] + offset]
+    return blk, node_i
 
 
 def _camera_row(cam: Camera) -> np.ndarray:
@@ -233,8 +260,9 @@ def _camera_row(cam: Camera) -> np.ndarray:
     return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd]).astype(np.float32)
 
 
-_DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "emit_tri",
-                "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f", "env_cdf", "env_pmf")
+_DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",
+                "emit_tri", "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f", "env_cdf",
+                "env_pmf")
 
 
 def _device_arrays(packed: dict, backend: str) -> dict:
@@ -248,7 +276,9 @@ def _device_arrays(packed: dict, backend: str) -> dict:
         dev = {}
         for k in _DEVICE_KEYS:
             a = np.ascontiguousarray(packed[k])
-            if a.ndim == 2 and a.shape[1] in (2, 3) and k not in ("mat_f",):
+            if k == "tri_blk":
+                nd = ti.ndarray(dtype=ti.types.matrix(9, BLOCK, ti.f32), shape=a.shape[0])
+            elif a.ndim == 2 and a.shape[1] in (2, 3) and k not in ("mat_f",):
                 dt = {(np.float32, 3): ti.math.vec3, (np.float32, 2): ti.math.vec2,
                       (np.int32, 3): ti.math.ivec3, (np.int32, 2): ti.math.ivec2}[(a.dtype.type, a.shape[1])]
                 nd = ti.ndarray(dtype=dt, shape=a.shape[0])
@@ -429,7 +459,7 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     d = np.ascontiguousarray(directions, np.float32)
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
-    _state["kernels"].trace_rays(o, d, t, tri, dev["tri_v"], dev["node_lo"], dev["node_hi"], dev["node_i"])
+    _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_blk"])
     return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
 
 

@@ -12,7 +12,10 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
     tri_i    (T,)  ivec2  (material id, object id)
     tri_pdf  (T,)  f32    light-sampling density per unit area of an emitter triangle (0 otherwise):
                           P(area group) * P(triangle | group) / area
-    node_lo, node_hi (N,) vec3, node_i (N,) ivec3 (a, b, axis): see render.bvh
+    node_lo, node_hi (N,) vec3, node_i (N,) ivec3 (a, b, axis): see render.bvh, except that a leaf's
+                          third entry is its first block in tri_blk
+    tri_blk  (B,)  mat 9 x BLOCK  the leaves' triangles in blocks of BLOCK lanes (row c: v0 xyz, e1 xyz,
+                          e2 xyz); block j of a leaf holds its triangles a + BLOCK j + lane (empty lanes 0)
     emit_tri (E,)  i32    emitter triangles; emit_cdf (E,) f32 their cumulative selection probability
     mat_i    (M,)  ivec3  (type, texture, checker)
     mat_f    (M, 16) f32  base rgb, radiance rgb, checker1 rgb, checker2 rgb, roughness, ior, checker scale
@@ -31,6 +34,8 @@ environment map's texture index and the light-group counts as floats. Cameras co
 import math
 
 import taichi as ti
+
+from .bvh import BLOCK, MAX_BLOCKS
 
 vec2 = ti.math.vec2
 vec3 = ti.math.vec3
@@ -54,6 +59,7 @@ NDV3 = ti.types.ndarray(dtype=vec3, ndim=1)
 NDV2 = ti.types.ndarray(dtype=vec2, ndim=1)
 NDI2 = ti.types.ndarray(dtype=ivec2, ndim=1)
 NDI3 = ti.types.ndarray(dtype=ivec3, ndim=1)
+NDB = ti.types.ndarray(dtype=ti.types.matrix(9, BLOCK, ti.f32), ndim=1)
 
 
 # --- counter-based random numbers ---------------------------------------------------------------
@@ -125,14 +131,60 @@ def box_entry(lo, hi, o_inv, inv, t_max):
 
 
 @ti.func
+def block_hit(o, d, b, best_t, tri_blk: ti.template()):
+    """The nearest of block b's BLOCK triangles hit in (0, best_t): (t, lane, b1, b2), lane -1 if none.
+
+    Möller–Trumbore on all lanes at once, as BLOCK-wide vectors that LLVM's SLP vectoriser turns
+    into SIMD instructions on the CPU (no branch per lane; the barycentrics stay scaled by |det|
+    until the one division). An empty lane (all zero) has det = 0 and never hits.
+    The mask on b (MAX_BLOCKS - 1) changes nothing for a valid index, but it tells LLVM the 32-bit
+    index arithmetic cannot overflow; without it the block's consecutive floats are read by
+    gathers."""
+    m = tri_blk[b & (MAX_BLOCKS - 1)]
+    v0x, v0y, v0z = m[0, :], m[1, :], m[2, :]
+    e1x, e1y, e1z = m[3, :], m[4, :], m[5, :]
+    e2x, e2y, e2z = m[6, :], m[7, :], m[8, :]
+    px = d.y * e2z - d.z * e2y
+    py = d.z * e2x - d.x * e2z
+    pz = d.x * e2y - d.y * e2x
+    det = e1x * px + e1y * py + e1z * pz
+    sgn = ti.select(det < 0.0, -1.0, 1.0)
+    adet = det * sgn
+    sx = o.x - v0x
+    sy = o.y - v0y
+    sz = o.z - v0z
+    u = (sx * px + sy * py + sz * pz) * sgn
+    qx = sy * e1z - sz * e1y
+    qy = sz * e1x - sx * e1z
+    qz = sx * e1y - sy * e1x
+    v = (d.x * qx + d.y * qy + d.z * qz) * sgn
+    t = (e2x * qx + e2y * qy + e2z * qz) * sgn
+    hit = (adet > 0.0) & (u >= 0.0) & (v >= 0.0) & (u + v <= adet) & (t > 0.0) & (t < best_t * adet)
+    inv = 1.0 / ti.select(hit, adet, 1.0)
+    tl = ti.select(hit, t * inv, MISS)
+    t_hit = tl.min()
+    # the first lane at the nearest distance, and its barycentrics, by vector reductions only
+    # (extracting lanes one by one made LLVM leave the whole test scalar)
+    ids = ti.Vector([l for l in range(BLOCK)], ti.i32)
+    lane = ti.select(hit & (tl == t_hit), ids, BLOCK).min()
+    pick = ids == lane
+    b1 = ti.select(pick, u * inv, 0.0).sum()
+    b2 = ti.select(pick, v * inv, 0.0).sum()
+    if lane == BLOCK:
+        lane = -1
+    return t_hit, lane, b1, b2
+
+
+@ti.func
 def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
-              node_i: ti.template(), tri_v: ti.template()):
+              node_i: ti.template(), tri_blk: ti.template()):
     """Closest hit (or, with any_hit, any hit) in (0, t_max). Returns (t, triangle, b1, b2); triangle
     -1 when nothing is hit. Both faces are hit: culling belongs to the materials, not the geometry.
 
-    At an inner node both children's boxes are tested: the nearer one is entered and the other is
-    pushed with its entry distance, so a pushed node that now lies beyond the closest hit is skipped
-    when popped (front-to-back order shrinks t_max early)."""
+    A leaf's triangles are tested BLOCK at a time (block_hit). At an inner node both children's
+    boxes are tested: the nearer one is entered and the other is pushed with its entry distance, so
+    a pushed node that now lies beyond the closest hit is skipped when popped (front-to-back order
+    shrinks t_max early)."""
     # a zero direction component becomes a tiny one: 1/d stays finite (fast math assumes no inf)
     d_safe = ti.select(ti.abs(d) < 1e-20, ti.select(d < 0.0, -1e-20, 1e-20), d)
     inv = 1.0 / d_safe
@@ -149,30 +201,14 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     while not done:
         info = node_i[node]
         if info[1] > 0:
-            for k in range(info[0], info[0] + info[1]):
-                v0 = tri_v[3 * k]
-                e1 = tri_v[3 * k + 1]
-                e2 = tri_v[3 * k + 2]
-                # Möller–Trumbore with the barycentrics scaled by |det|: the division is paid
-                # only for an accepted hit, not for each of the many rejected triangles
-                pv = d.cross(e2)
-                det = e1.dot(pv)
-                if det != 0.0:
-                    sgn = 1.0 if det > 0.0 else -1.0
-                    adet = det * sgn
-                    s = o - v0
-                    u = s.dot(pv) * sgn
-                    if u >= 0.0 and u <= adet:
-                        q = s.cross(e1)
-                        v = d.dot(q) * sgn
-                        if v >= 0.0 and u + v <= adet:
-                            t = e2.dot(q) * sgn
-                            if t > 0.0 and t < best_t * adet:
-                                idet = 1.0 / adet
-                                best_t = t * idet
-                                best = k
-                                bu = u * idet
-                                bv = v * idet
+            # the leaf's triangles, BLOCK at a time (block j holds triangles a + BLOCK j + lane)
+            for j in range((info[1] + BLOCK - 1) // BLOCK):
+                t, lane, u, v = block_hit(o, d, info[2] + j, best_t, tri_blk)
+                if lane >= 0:
+                    best_t = t
+                    best = info[0] + BLOCK * j + lane
+                    bu = u
+                    bv = v
             if any_hit and best >= 0:
                 done = True
             # pop the next node that still lies in front of the closest hit
@@ -476,7 +512,8 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
 def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
              normal_aov: ti.template(), albedo_aov: ti.template(), obj_aov: ti.template(), tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
-             emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(), mat_f: ti.template(),
+             tri_blk: ti.template(), emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(),
+             mat_f: ti.template(),
              tex: ti.template(), tex_info: ti.template(), light_i: ti.template(), light_f: ti.template(),
              env_cdf: ti.template(), env_pmf: ti.template(), params: ti.template()):
     """Li(o, d): radiance arriving at o from direction -d, by unidirectional path tracing with
@@ -508,7 +545,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
     prev_delta = 1  # that sample was a delta lobe (or the camera): no MIS for what it hits
     depth = 0  # segments traced before the current one
     while True:
-        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_v)
+        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_blk)
         if k < 0:
             if aov:
                 depth_aov[pix] = ti.math.inf
@@ -631,7 +668,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
                     t_sh = dist * (1.0 - 1e-3) if dist < 1.0e30 else 1.0e30
-                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v)
+                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_blk)
                     if blocker < 0:
                         L += beta * fc * Li * w
         # ---- BSDF sampling: the next segment ----
@@ -676,7 +713,7 @@ def camera_ray(cams: ti.template(), v, px, py, width, height):
 def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32, height: ti.i32,
                 views: ti.i32, sample0: ti.i32, spp: ti.i32, seeds: NDU, cams: ND2F, max_depth: ti.i32,
                 mode: ti.i32, tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
-                node_lo: NDV3, node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF,
+                node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_blk: NDB, emit_tri: NDI, emit_cdf: NDF,
                 mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
                 env_cdf: NDF, env_pmf: NDF, params: NDF):
     """Add ``spp`` samples (indices sample0 ..) of every pixel of ``views`` views of one scene to accum
@@ -703,17 +740,17 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
                 jy = rand(state)
             o, d, fwd = camera_ray(cams, v, col + jx, row + jy, width, height)
             acc += radiance(o, d, fwd, state, max_depth, mode, q, s < 0, depth, normal, albedo, obj,
-                            tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, emit_tri, emit_cdf,
+                            tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, tri_blk, emit_tri, emit_cdf,
                             mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params)
         accum[q] += acc
 
 
 @ti.kernel
 def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
-               tri_v: NDV3, node_lo: NDV3, node_hi: NDV3, node_i: NDI3):
+               node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_blk: NDB):
     """Closest hit of each ray (for tests against render.bvh's brute force); tri_out in leaf order."""
     for r in range(origins.shape[0]):
-        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_v)
+        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_blk)
         t_out[r] = t if k >= 0 else ti.math.inf
         tri_out[r] = k
 

@@ -85,3 +85,19 @@ def test_sah_tree_is_shallow_and_small_leaves():
     bvh = build_bvh(positions)
     assert bvh.depth < 40
     assert bvh.node_b[bvh.node_b > 0].max() <= 4
+
+
+def test_block_priced_sah_makes_bigger_leaves_and_stays_exact():
+    # pricing a leaf as ceil(n / width) block tests lets the SAH keep up to `width` triangles together
+    rng = np.random.default_rng(4)
+    positions = _random_soup(rng, 3000)
+    narrow = build_bvh(positions)
+    wide = build_bvh(positions, max_leaf=8, width=8, block_cost=2.0)
+    _check_tree(wide, positions)
+    assert wide.node_b[wide.node_b > 0].max() <= 8
+    assert wide.num_nodes < 0.7 * narrow.num_nodes
+    o, d = _random_rays(rng, 400)
+    t_ref, tri_ref = intersect_brute_force(positions, o, d)
+    t, tri = intersect_bvh(wide, positions, o, d)
+    np.testing.assert_array_equal(tri, tri_ref)
+    np.testing.assert_allclose(t, t_ref, rtol=1e-9)

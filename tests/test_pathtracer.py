@@ -577,3 +577,32 @@ def test_gpu_matches_cpu_mean():
     g = render.pathtrace(scene, spp=64, backend="gpu")
     assert g.meta["backend"] == "gpu"
     np.testing.assert_allclose(g.rgb.reshape(-1, 3).mean(0), CORNELL_MEAN, rtol=0.02)
+
+
+def test_kernel_traversal_with_leaves_of_several_blocks(monkeypatch):
+    # leaves larger than one SIMD block (as when triangles cannot be separated) are tested block by block
+    from render.bvh import BLOCK
+
+    monkeypatch.setattr(pt, "LEAF_MAX", 3 * BLOCK)
+    monkeypatch.setattr(pt, "BLOCK_COST", 0.25)  # cheap leaves: the SAH stops splitting early
+    rng = np.random.default_rng(6)
+    n = 300
+    positions = (rng.uniform(-2, 2, (n, 1, 3)) + rng.normal(0, 0.3, (n, 3, 3))).astype(np.float32)
+    scene = render.scene_from_dict({"camera": cam((0, 0, 5), (0, 0, 0)), "materials": {"m": {"type": "diffuse"}},
+                                    "objects": [{"shape": "quad", "material": "m"}]})
+    scene = dataclasses.replace(scene, positions=positions, normals=np.zeros_like(positions) + [0, 0, 1],
+                                uvs=np.zeros((n, 3, 2), np.float32), material_id=np.zeros(n, np.int32),
+                                object_id=np.zeros(n, np.int32))
+    packed = pt._pack(scene)
+    leaf_sizes = packed["node_i"][packed["node_i"][:, 1] > 0, 1]
+    assert leaf_sizes.max() > 2 * BLOCK  # some leaves span three blocks
+    o = rng.uniform(-3, 3, (2000, 3))
+    d = rng.normal(size=(2000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    t_ref, tri_ref = intersect_brute_force(positions, o, d)
+    t, tri = pt.trace_rays(scene, o, d)
+    hit = tri_ref >= 0
+    np.testing.assert_array_equal(np.isfinite(t), hit)
+    assert hit.sum() > 200
+    np.testing.assert_allclose(t[hit], t_ref[hit], rtol=1e-4, atol=1e-5)
+    assert (tri[hit] == tri_ref[hit]).mean() > 0.99
