@@ -147,9 +147,9 @@ def _build(tri_lo, tri_hi, centroid, max_leaf, bins, max_depth, width, block_cos
                         lhi[c] = max(lhi[c], bin_hi[b, c])
                     if ln == 0 or right_n[b + 1] == 0:
                         continue
-                    cost = TRAVERSAL_COST + (_surface_area(llo, lhi) * _leaf_cost(ln, width, block_cost)
-                                             + right_area[b + 1] * _leaf_cost(right_n[b + 1], width, block_cost)) / max(
-                        parent_area, 1e-30)
+                    left_cost = _surface_area(llo, lhi) * _leaf_cost(ln, width, block_cost)
+                    right_cost = right_area[b + 1] * _leaf_cost(right_n[b + 1], width, block_cost)
+                    cost = TRAVERSAL_COST + (left_cost + right_cost) / max(parent_area, 1e-30)
                     if cost < best_cost:
                         best_cost, best_axis, best_bin = cost, ax, b
         leaf_cost = float(_leaf_cost(count, width, block_cost))
