@@ -208,9 +208,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     if env_tex >= 0:
         env_cdf, env_pmf = _environment_distribution(textures[env_tex], env_rad)
     light_f = np.stack([lights["position"], lights["direction"], lights["power"]], axis=1).reshape(-1, 3)
-    params = np.zeros(24, np.float32)
-    params[12:15] = env_rad
-    params[15:20] = (env_tex, n_emit, n_delta, int(has_env), n_groups)
+    params = np.array([*env_rad, env_tex, n_emit, n_delta, int(has_env), n_groups], np.float32)
     packed = {
         "tri_v": tri_v, "tri_n": tri_n, "tri_uv": tri_uv, "tri_i": tri_i, "tri_pdf": tri_pdf,
         "node_lo": bvh.node_lo, "node_hi": bvh.node_hi,
@@ -472,7 +470,7 @@ def _environment_of(scene: Scene) -> tuple[dict, int, int]:
     """The scene's packed arrays and its environment map's width and height (it must have one)."""
     _probe_backend()
     packed = _pack(scene)
-    env_tex = int(packed["params"][15])
+    env_tex = int(packed["params"][3])
     if env_tex < 0:
         raise RenderError(f"{scene.source}: the scene has no environment map")
     _, w, h = (int(x) for x in packed["tex_info"][env_tex])

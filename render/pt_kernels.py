@@ -26,9 +26,9 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
     env_cdf  (H + H*W,) f32  environment map sampling: cumulative probability of its rows, then of the
                           texels within each row (W per row); env_pmf (H*W,) f32 each texel's probability
                           (see render.pathtracer._environment_distribution; placeholders without a map)
-Scalars in ``params`` (f32 (24,)): 12 unused slots (once the camera), environment radiance, then the
-environment map's texture index and the light-group counts as floats. Cameras come per view in
-``render_pass``'s ``cams``.
+Scalars in ``params`` (f32 (8,)): environment radiance, then the environment map's texture index and
+the light-group counts (emitter triangles, delta lights, has environment, groups) as floats. Cameras
+come per view in ``render_pass``'s ``cams``.
 """
 
 import math
@@ -523,12 +523,12 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
     the emitter triangles together (one picked by power, a point on it uniformly by area), each
     delta light, and the environment (a direction drawn from its map's brightness, or uniformly
     distributed for a constant environment)."""
-    env_rad = vec3(params[12], params[13], params[14])
-    env_tex = ti.i32(params[15])
-    n_emit = ti.i32(params[16])
-    n_delta = ti.i32(params[17])
-    has_env = ti.i32(params[18])
-    n_groups = ti.i32(params[19])
+    env_rad = vec3(params[0], params[1], params[2])
+    env_tex = ti.i32(params[3])
+    n_emit = ti.i32(params[4])
+    n_delta = ti.i32(params[5])
+    has_env = ti.i32(params[6])
+    n_groups = ti.i32(params[7])
     p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
     area_group = 1 if n_emit > 0 else 0
     env_uniform_pdf = p_group / (4.0 * math.pi)  # NEE's density for a constant environment
