@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from render import Frame, read_image, write_image
-from render.image_io import srgb_decode, srgb_encode, to_srgb8
+from render.image_io import srgb8_reference, srgb_decode, srgb_encode, to_srgb8
+from render.srgb8 import tables
 
 
 def test_exr_round_trip_is_exact(tmp_path):
@@ -27,6 +28,36 @@ def test_png_is_srgb_8bit(tmp_path):
     raw = read_image(tmp_path / "a.png", linear=False)
     assert raw[0, 128, 0] == pytest.approx(srgb_encode(np.float32(lin[128])), abs=1 / 255)
     assert to_srgb8(np.array([0.5]))[0] == 188  # linear 0.5 is sRGB 188/255
+
+
+def test_srgb8_table_gives_the_reference_codes():
+    first, step = tables()
+    steps = step[step < 2.0]
+    assert np.unique(first).size == 256 and steps.size >= 200  # every code appears; most steps fall inside a bucket
+    # each code step and the 64 floats on either side (a misplaced step would show there), an even
+    # grid of 2**22 values over [0, 1], random values
+    bits = steps.view(np.int32)[:, None] + np.arange(-64, 65, dtype=np.int32)[None]
+    rng = np.random.default_rng(1)
+    x = np.concatenate([bits.ravel().view(np.float32), np.linspace(0, 1, 2**22, dtype=np.float32),
+                        rng.random(100_000, dtype=np.float32)])
+    x = np.clip(x, 0, 1)
+    np.testing.assert_array_equal(to_srgb8(x), srgb8_reference(x))
+    # outside [0, 1], float64 input, shapes
+    odd = np.array([-np.inf, -1.0, -0.0, 1.0, 1.5, np.inf, 1e-45, 0.0031308, 0.5], np.float64)
+    np.testing.assert_array_equal(to_srgb8(odd), srgb8_reference(odd))
+    assert to_srgb8(np.array([np.nan]))[0] == 0
+    img = rng.random((3, 5, 7, 3)) * 1.3 - 0.1
+    assert to_srgb8(img).shape == img.shape and to_srgb8(img).dtype == np.uint8
+    np.testing.assert_array_equal(to_srgb8(img), srgb8_reference(img))
+
+
+@pytest.mark.slow
+def test_srgb8_table_matches_the_reference_on_every_float_in_0_1():
+    one = int(np.float32(1).view(np.int32))
+    for start in range(0, one + 1, 1 << 24):
+        x = np.arange(start, min(start + (1 << 24), one + 1), dtype=np.int32).view(np.float32)
+        bad = np.flatnonzero(to_srgb8(x) != srgb8_reference(x))
+        assert bad.size == 0, f"{bad.size} floats from {x[bad[0]]!r} get another code"
 
 
 def test_srgb_curves_invert_each_other():
