@@ -39,20 +39,27 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _validate(model: type[pydantic.BaseModel], data: Any, source: str, prefix: tuple) -> pydantic.BaseModel:
-    """Validate ``data`` against ``model``; turn the first pydantic error into a SceneError."""
+    """Validate ``data`` against ``model``; turn pydantic's errors into a SceneError naming one of
+    them: an unknown key first (a misspelt key also shows up as a missing one, and the unknown
+    key is the one that names the typo)."""
     if not isinstance(data, dict):
         raise SceneError(source, field_path(prefix), f"expected a table, got {_short(data)}")
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = prefix + tuple(err["loc"])
         kind = err["type"]
+        ctx = err.get("ctx") or {}
         if kind == "extra_forbidden":
             allowed = ", ".join(model.model_fields)
             problem = f"unknown key; expected one of: {allowed}"
         elif kind == "missing":
             problem = "missing required key"
+        elif kind in ("too_short", "too_long"):
+            bound = f"at least {ctx.get('min_length')}" if kind == "too_short" else f"at most {ctx.get('max_length')}"
+            problem = f"expected {bound} values, got {ctx.get('actual_length')} ({_short(err.get('input'))})"
         elif kind == "literal_error":
             problem = err["msg"].replace("Input should be", "expected")
         else:
@@ -356,9 +363,11 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
 def load_toml(path: str | Path) -> Scene:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SceneError(str(path), "", f"cannot read scene file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SceneError(str(path), "", f"not a text file (byte {exc.start} is not UTF-8); expected a TOML scene") from None
     try:
         desc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -121,6 +121,28 @@ def test_toml_syntax_error_names_the_file(tmp_path):
         render.load_toml(p)
 
 
+def test_non_text_scene_file_names_the_file(tmp_path):
+    p = tmp_path / "picture.toml"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(SceneError, match=r"picture\.toml: not a text file .*not UTF-8"):
+        render.load_toml(p)
+
+
+def test_misspelt_key_is_named_before_the_missing_one(mesh_dir):
+    d = minimal_description()
+    light = d["lights"][0]
+    light["intensty"] = light.pop("intensity")  # one typo: an unknown key and a missing one
+    refuse(d, mesh_dir, "lights[0].intensty", "unknown key", "intensity")
+
+
+def test_wrong_vector_length_says_how_many(mesh_dir):
+    d = minimal_description()
+    d["camera"]["position"] = [0.0, 3.9]
+    refuse(d, mesh_dir, "camera.position", "expected at least 3 values, got 2")
+    d["camera"]["position"] = [0.0, 3.9, 1.0, 2.0]
+    refuse(d, mesh_dir, "camera.position", "expected at most 3 values, got 4")
+
+
 # --- property-based: mutate valid scenes --------------------------------------------------------
 def leaves(node, path=()):
     """Every (path, value) of a nested description, lists of numbers counted as one leaf too."""
