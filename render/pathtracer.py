@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
+from .notice import notice_if_slow
 from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
@@ -61,6 +63,20 @@ def _gpu_name() -> str:
         return "CUDA GPU"
 
 
+def _cuda_driver_loadable() -> bool:
+    """Whether the CUDA driver library loads. Checked before asking Taichi for CUDA: without a
+    driver Taichi prints two warnings and starts a CPU runtime that would be thrown away."""
+    import ctypes
+
+    for name in (("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 def init_backend(backend: str = "auto") -> tuple[str, str]:
     """Initialise Taichi for ``backend`` ("cpu", "gpu" = CUDA, "auto" = CUDA if present else CPU)
     unless it already runs that backend. Returns (backend actually used, device description).
@@ -83,17 +99,18 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
                 del packed[key]
     kwargs = dict(offline_cache=True, default_fp=ti.f32, default_ip=ti.i32, log_level=ti.WARN)
     used = None
-    if backend in ("gpu", "auto"):
+    if backend in ("gpu", "auto") and _cuda_driver_loadable():
         try:
             ti.init(arch=ti.cuda, **kwargs)
             if ti.lang.impl.current_cfg().arch == ti.cuda:
                 used = "gpu"
             else:
                 ti.reset()
-        except Exception:  # no CUDA driver: Taichi raises or falls back, depending on the version
+        except Exception:  # no usable GPU: Taichi raises or falls back, depending on the version
             used = None
-        if used is None and backend == "gpu":
-            raise RenderError("backend 'gpu' needs a CUDA GPU and none was found; use backend='cpu' or 'auto'")
+    if used is None and backend == "gpu":
+        raise RenderError("the gpu backend needs a CUDA GPU and none was found; use the cpu or auto backend "
+                          "(--backend cpu or auto)")
     if used is None:
         ti.init(arch=ti.cpu, **kwargs)
         used = "cpu"
@@ -307,13 +324,14 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     """Render ``scene`` through ``camera`` (default: ``scene.camera``) by path tracing.
 
     spp: samples per pixel (box filter: each sample is uniform over its pixel).
-    max_depth: path segments, as Mitsuba's ``path``: 1 = emitters seen directly, 2 = + direct light,
-        -1 = unbounded (Russian roulette ends paths; it starts at depth 5 in every case).
+    max_depth: path segments, as Mitsuba's ``path``: 0 = black (the AOVs are still written),
+        1 = emitters seen directly, 2 = + direct light, -1 = unbounded (Russian roulette ends paths; it starts at depth 5 in every case).
     seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend): the same
         seed gives the same image bit for bit, whatever the thread count or time budget split.
     backend: "cpu", "gpu" (CUDA) or "auto" (CUDA if present, else CPU).
-    time_budget: seconds; passes stop at the last whole pass inside it (at least one pass runs), and
-        ``meta["spp"]`` says how many samples were taken.
+    time_budget: seconds of wall time from the call (scene packing, BVH build and kernel compile or
+        cache load included: the budget is the caller's wait); passes stop at the last whole pass
+        inside it (at least one pass runs), and ``meta["spp"]`` says how many samples were taken.
     progress: show a tqdm bar over samples.
     strategy: "mis" (default); "nee" or "bsdf" use one light-transport strategy alone (for tests).
 
@@ -359,7 +377,9 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     t_start = time.perf_counter()
     used, device = init_backend(backend)
     k = _state["kernels"]
-    packed = _pack(scene)
+    with notice_if_slow(f"building the BVH over {scene.num_triangles} triangles (a first run also compiles its "
+                        "numba code, cached afterwards)", after=2.0 if progress else None):
+        packed = _pack(scene)
     dev = _device_arrays(packed, used)
     params = packed["params"]
     W, H = cameras[0].width, cameras[0].height
@@ -396,8 +416,10 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
     # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
-    k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params)
-    ti.sync()
+    with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
+                        "load it from Taichi's offline cache)", after=2.0 if progress else None):
+        k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params)
+        ti.sync()
     compile_seconds = time.perf_counter() - t_c
 
     t_r = time.perf_counter()

@@ -552,7 +552,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                 normal_aov[pix] = vec3(0.0)
                 albedo_aov[pix] = vec3(0.0)
                 obj_aov[pix] = -1
-            elif has_env != 0:
+            elif has_env != 0 and max_depth != 0:
                 Le = environment(d, env_rad, env_tex, tex, tex_info)
                 w = 1.0
                 if prev_delta == 0:
@@ -576,7 +576,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
             albedo_aov[pix] = base
             obj_aov[pix] = tri_i[k][1]
             break
-        if mtype == EMITTER and front:
+        if mtype == EMITTER and front and max_depth != 0:
             Le = vec3(mat_f[m, 3], mat_f[m, 4], mat_f[m, 5])
             w = 1.0
             if prev_delta == 0:
@@ -588,7 +588,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                     w = 0.0
             L += beta * Le * w
         if max_depth >= 0 and depth + 1 >= max_depth:
-            break
+            break  # (max_depth 0 ends here too, with nothing gathered: a black image, as in Mitsuba)
         # non-emitters scatter on both sides: work on the side the ray arrived from
         if not front:
             ng = -ng

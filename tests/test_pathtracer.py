@@ -80,6 +80,10 @@ def test_furnace_convex_sphere_in_constant_environment(albedo):
     # with one segment the sphere shows no light at all (it does not emit)
     f1 = trace(scene, spp=2, max_depth=1)
     assert f1.rgb[hit].max() == 0.0 and f1.rgb[miss].min() == 1.0
+    # with none (Mitsuba's max_depth 0) nothing at all, not even the environment; the AOVs stay
+    f0 = trace(scene, spp=2, max_depth=0)
+    assert f0.rgb.max() == 0.0
+    np.testing.assert_array_equal(f0.object_id, f1.object_id)
 
 
 @pytest.mark.parametrize("albedo,max_depth", [(0.5, 1), (0.5, 2), (0.5, 3), (0.5, 8), (0.5, -1), (1.0, 4)])
