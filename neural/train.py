@@ -301,11 +301,13 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_start, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                            fused=dev.type == "cuda")
     step = 0
+    before_s = 0.0  # training time of the earlier sessions of a resumed run (metrics.csv's elapsed_s goes on)
     if resume:
         ck = load_checkpoint(out, dev)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        before_s = float(ck.get("elapsed_s", 0.0))
         states = ck["rng"]
         if len(states) != world:
             raise TrainingError(f"{ckpt_path}: saved by {len(states)} process(es), resumed with {world}; "
@@ -326,7 +328,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         states = _rng_states(world)
         if main:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                         "config": cfg.to_dict(), "rng": states}, ckpt_path)
+                         "config": cfg.to_dict(), "rng": states,
+                         "elapsed_s": before_s + time.perf_counter() - t_start}, ckpt_path)
 
     # --- logs ---
     writer = None
@@ -418,7 +421,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                     last[k] = acc[k] / acc["n"]
                 row = {"step": step, "epoch": epoch, **{k: f"{last[k]:.6g}" for k in ("loss", "nll", "kl")},
                        "sigma": f"{sigma:.6g}", "lr": f"{lr:.6g}", "val_psnr": "", "it_per_s": f"{rate:.4g}",
-                       "images_per_s": f"{rate * cfg.batch_size * world:.4g}", "elapsed_s": f"{now - t_start:.1f}"}
+                       "images_per_s": f"{rate * cfg.batch_size * world:.4g}", "elapsed_s": f"{before_s + now - t_start:.1f}"}
                 if step % cfg.val_every == 0 or step == total:
                     last["val_psnr"], grid = validate()
                     row["val_psnr"] = f"{last['val_psnr']:.4f}"
@@ -452,6 +455,12 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                 break
         if step >= total or interrupted:
             checkpoint()
+        if main and interrupted:  # stopped between log rows: report this session's last steps and a validation
+            for k in ("loss", "nll", "kl"):
+                if acc["n"]:
+                    last[k] = acc[k] / acc["n"]
+            if math.isnan(last["val_psnr"]):
+                last["val_psnr"] = validate()[0]
     finally:
         bar.close()
         if old_handler is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -88,7 +89,10 @@ def test_resume_after_an_interrupt_continues_bit_identically(rooms, tmp_path):
 
     first = train(rooms[0], tmp_path / "resumed", cfg, steps=7, runtime=RT, on_step=interrupt)
     assert first["interrupted"] and first["steps"] == 3
+    assert math.isfinite(first["loss"]) and math.isfinite(first["val_psnr"])  # reported though stopped between logs
     assert load_checkpoint(tmp_path / "resumed")["step"] == 3
+    before = load_checkpoint(tmp_path / "resumed")["elapsed_s"]
+    assert before > 0
     second = train(rooms[0], tmp_path / "resumed", None, steps=7, resume=True, runtime=RT)
     assert second["steps"] == 7 and not second["interrupted"]
     a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
@@ -101,6 +105,9 @@ def test_resume_after_an_interrupt_continues_bit_identically(rooms, tmp_path):
     assert torch.equal(a[3], b[3])
     rows = lambda run: [(r["step"], r["loss"], r["kl"]) for r in csv.DictReader(open(run / "metrics.csv"))]  # noqa: E731
     assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+    # the clock of a resumed run goes on from where it stopped
+    elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(open(tmp_path / "resumed" / "metrics.csv"))]
+    assert elapsed[3] >= round(before, 1) - 0.05 and elapsed == sorted(elapsed)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(rooms, tmp_path, monkeypatch):
