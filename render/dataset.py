@@ -394,6 +394,11 @@ def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.pn
 
     out = Path(out)
     m = read_manifest(out)
+    if images == "images_path" and m["renderer"] != "both":
+        raise ShardError(f"{out}: a --renderer {m['renderer']} dataset has one image per view (no separate "
+                         "path-traced images); --path-images is for --renderer both datasets")
+    if scenes < 1:
+        raise ValueError(f"scenes {scenes}; expected at least 1")
     rows = min(scenes, m["scenes"])
     v = m["views"]
     fig, axes = plt.subplots(rows, v, figsize=(1.25 * v, 1.55 * rows), squeeze=False)

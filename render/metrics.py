@@ -164,6 +164,7 @@ def convergence_plot(spps: list[int], rmses: list[float], raster_rmse: float, pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from .image_io import save_figure
 
@@ -177,6 +178,9 @@ def convergence_plot(spps: list[int], rmses: list[float], raster_rmse: float, pa
         ax.axvline(cross, color="tab:red", alpha=0.3, linestyle=":")
         ax.annotate(f"path tracing wins from {cross} spp", (cross, raster_rmse), textcoords="offset points",
                     xytext=(5, 8), fontsize=8, color="tab:red")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(spps, [str(s) for s in spps])  # the spp rendered, as plain numbers
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no log minor labels crowding them
     ax.set_xlabel("samples per pixel")
     ax.set_ylabel("RMSE vs reference (linear RGB)")
     ax.set_title(title, fontsize=9)

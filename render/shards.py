@@ -126,6 +126,9 @@ def clean_temporaries(root: str | Path) -> int:
 def read_manifest(root: str | Path) -> dict[str, Any]:
     path = Path(root) / "manifest.json"
     if not path.is_file():
+        if any(Path(root).glob("manifest.part-*.json")):
+            raise ShardError(f"{path}: missing; this folder holds the parts of a distributed run: join them "
+                             f"with `trirender dataset merge {root}` once every part is done")
         raise ShardError(f"{path}: missing; expected a dataset folder made by `trirender dataset generate`")
     try:
         m = json.loads(path.read_text())

@@ -60,11 +60,40 @@ def test_scene_convert_glb(tmp_path):
     (("scene", "generate", "nope", "--out", "x.toml"), "unknown family"),
     (("render", "bad.toml", "--out", "x.png"), "bad.toml: objects[0].material"),
     (("render", "cornell_box", "--aov", "speed"), "unknown AOV"),
+    # output paths are checked before any work: under a file, in a place that cannot be written,
+    # with an extension the command does not write
+    (("render", "cornell_box", "--renderer", "path", "--out", "afile/x.png"), "afile is a file"),
+    (("render", "cornell_box", "--stats", "afile/s.json"), "--stats"),
+    (("render", "cornell_box", "--out", "/proc/x.png"), "cannot write in /proc"),
+    (("render", "cornell_box", "--out", "x.jpg"), "expected a .png or .exr file name"),
+    (("compare", "cornell_box", "--out", "c.exr"), "expected a .png file name"),
+    (("scene", "generate", "rooms_ring", "--out", "q.png"), "expected a .toml file name"),
+    (("dataset", "generate", "rooms_ring", "--out", "afile"), "afile is a file; expected a folder"),
+    (("dataset", "show", "afile", "--out", "sheet.jpg"), "expected a .png file name"),
+    (("train", ".", "--out", "afile/run"), "afile is a file"),
+    (("novel", ".", "--scene", "cornell_box", "--out", "o.mp4"), "expected a .gif file name"),
+    # numbers out of range, refused before any work
+    (("render", "cornell_box", "--seed", "-1"), "--seed"),
+    (("render", "cornell_box", "--width", "0"), "--width"),
+    (("render", "cornell_box", "--max-depth", "-2"), "--max-depth"),
+    (("convergence", "cornell_box", "--ssaa", "3"), "--ssaa"),
+    (("compare", "cornell_box", "--context", "0"), "--context"),
+    (("dataset", "show", ".", "--scenes", "0"), "--scenes"),
+    (("dataset", "generate", "rooms_ring", "--workers", "-1", "--out", "d"), "--workers"),
+    (("train", ".", "--out", "run", "--steps", "0"), "--steps"),
+    (("train", ".", "--out", "run", "--minutes", "-1"), "--minutes"),
+    (("eval", "run", "--data", ".", "--scenes", "0"), "--scenes"),
+    # messages keep their brackets (no console markup), whatever the file is called
+    (("scene", "info", "[x]/empty.toml"), "[x]/empty.toml: materials: expected a table of named materials, "
+                                          "e.g. [materials.white]"),
 ])
 def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
     (tmp_path / "bad.toml").write_text(
         '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n'
         '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "wite"\n')
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "[x]").mkdir()
+    (tmp_path / "[x]" / "empty.toml").write_text('[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n')
     res = run(*args, cwd=tmp_path)
     assert res.returncode != 0
     text = " ".join(res.stderr.split())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from render.dataset import DatasetConfig, generate, merge, shadow_map_size, verify
+from render.dataset import DatasetConfig, contact_sheet, generate, merge, shadow_map_size, verify
 from render.shards import ShardError, open_shard
 
 CFG = DatasetConfig("rooms_ring", scenes=7, views=3, size=16, shard_size=2, seed=11)
@@ -219,6 +219,12 @@ def test_both_renderers_store_paired_images(tmp_path):
     views = SceneViews(tmp_path, images="images_path")
     imgs, _ = views.gather(np.array([0]), np.array([[1, 0]]))
     np.testing.assert_array_equal(imgs[0, 0], sh.images_path[0, 1])
+    assert contact_sheet(tmp_path, 1, tmp_path / "sheet.png", "images_path").is_file()
+
+
+def test_contact_sheet_of_path_images_needs_a_both_dataset(reference, tmp_path):
+    with pytest.raises(ShardError, match="--renderer raster dataset .* --path-images is for --renderer both"):
+        contact_sheet(reference, 1, tmp_path / "sheet.png", "images_path")
 
 
 def test_path_datasets_keep_to_the_backend_they_started_on(tmp_path):

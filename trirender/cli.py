@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -13,16 +14,18 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Render, compare and learn scenes: path tracer, rasterizer and GQN neural renderer.")
 scene_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and convert scenes.")
 app.add_typer(scene_app, name="scene", help="Inspect, generate and convert scenes (info, generate, convert).")
 
-out = Console(soft_wrap=True)  # never wrap messages: scripts parse them
-err = Console(stderr=True)
+# never wrap messages (scripts parse them); no rich markup: file names and messages may hold brackets
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
-SceneArg = typer.Argument(..., help="A .toml scene, a mesh/scene file (OBJ, PLY, STL, GLB/glTF) or a built-in "
+SceneArg = typer.Argument(..., help="A .toml scene, a mesh/scene file (OBJ, PLY, STL, OFF, GLB/glTF) or a built-in "
                                     "scene name: cornell_box, rooms_ring, shepard_metzler.")
 
 
@@ -37,6 +40,34 @@ class Backend(str, Enum):
     gpu = "gpu"
 
 
+def check_out(path: Optional[Path], option: str, suffixes: tuple[str, ...] = (), folder: bool = False) -> None:
+    """Refuse an output path before any work is done: a wrong extension, a folder where a file is
+    wanted (or the reverse), or a place where nothing can be written (the nearest existing folder
+    is probed with a temporary file; missing folders below it are created later)."""
+    if path is None:
+        return
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise typer.BadParameter(f"{path}: expected a {' or '.join(suffixes)} file name", param_hint=option)
+    if path.exists() and path.is_dir() != folder:
+        raise typer.BadParameter(f"{path} is a {'folder' if path.is_dir() else 'file'}; expected "
+                                 f"{'a folder' if folder else 'a file name'}", param_hint=option)
+    place = path.absolute() if folder else path.absolute().parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise typer.BadParameter(f"{path}: {place} is a file, so no folder can be made there", param_hint=option)
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"{path}: cannot write in {place} ({exc.strerror or exc})", param_hint=option) from None
+
+
+Seed = typer.Option(0, min=0, help="Random seed (path tracer noise; built-in procedural scenes).")
+Width = typer.Option(None, min=1, help="Override the camera's image width.")
+Height = typer.Option(None, min=1, help="Override the camera's image height.")
+
+
 def _load(spec: str, seed: int = 0):
     from render import FAMILIES, load_scene
 
@@ -46,7 +77,7 @@ def _load(spec: str, seed: int = 0):
 # --- scene ----------------------------------------------------------------------------------------
 @scene_app.command("info")
 def scene_info(scene: str = SceneArg, json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-               seed: int = typer.Option(0, help="Seed for a built-in procedural scene.")):
+               seed: int = typer.Option(0, min=0, help="Seed for a built-in procedural scene.")):
     """Print counts, bounds, materials, lights and cameras of a scene."""
     s = _load(scene, seed)
     info = s.summary()
@@ -69,10 +100,11 @@ def scene_info(scene: str = SceneArg, json_out: bool = typer.Option(False, "--js
 @scene_app.command("generate")
 def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ring or shepard_metzler."),
                    out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
-                   seed: int = typer.Option(0, help="Random seed; the same seed gives the same scene.")):
+                   seed: int = typer.Option(0, min=0, help="Random seed; the same seed gives the same scene.")):
     """Generate one scene of a procedural family and write it as TOML."""
     from render import FAMILIES, make_scene, save_scene
 
+    check_out(out_path, "--out", (".toml",))
     if family not in FAMILIES:
         raise typer.BadParameter(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES)}", param_hint="FAMILY")
     s = make_scene(family, seed=seed)
@@ -83,12 +115,13 @@ def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ri
 @scene_app.command("convert")
 def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/glTF, OBJ, PLY, STL) or a TOML scene."),
                   out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
-                  width: int = typer.Option(512, help="Image width of the framing camera."),
-                  height: int = typer.Option(512, help="Image height of the framing camera.")):
+                  width: int = typer.Option(512, min=1, help="Image width of the framing camera."),
+                  height: int = typer.Option(512, min=1, help="Image height of the framing camera.")):
     """Convert a mesh/scene file into a TOML scene (materials, framing camera, default light)."""
     from render import load_scene, save_scene
     from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
 
+    check_out(out_path, "--out", (".toml",))
     if src.suffix.lower() in MESH_SUFFIXES:
         s = scene_from_dict(mesh_scene_description(src, width, height), source=str(src), base_dir=src.parent)
     else:
@@ -103,16 +136,18 @@ def render_cmd(
     scene: str = SceneArg,
     out_path: Path = typer.Option(Path("render.png"), "--out", help="Image to write: .png (sRGB 8-bit) or .exr (linear)."),
     renderer: Renderer = typer.Option(Renderer.raster, help="raster (numba z-buffer) or path (Taichi path tracer)."),
-    width: Optional[int] = typer.Option(None, help="Override the camera's image width."),
-    height: Optional[int] = typer.Option(None, help="Override the camera's image height."),
+    width: Optional[int] = Width,
+    height: Optional[int] = Height,
     camera_index: int = typer.Option(0, "--camera", help="Which of the scene's cameras to use."),
     ssaa: int = typer.Option(1, help="Raster: supersampling factor per axis (1, 2 or 4)."),
     shadows: bool = typer.Option(True, help="Raster: shadow maps on/off."),
-    spp: int = typer.Option(64, help="Path: samples per pixel."),
-    max_depth: int = typer.Option(8, help="Path: maximum path segments (1 emitters only, 2 direct, -1 unbounded)."),
-    seed: int = typer.Option(0, help="Random seed (path tracer noise; built-in procedural scenes)."),
+    spp: int = typer.Option(64, min=1, help="Path: samples per pixel."),
+    max_depth: int = typer.Option(8, min=-1, help="Path: maximum path segments (0 black, 1 emitters only, 2 direct, "
+                                                   "-1 unbounded)."),
+    seed: int = Seed,
     backend: Backend = typer.Option(Backend.auto, help="Path: cpu, gpu or auto."),
-    time_budget: Optional[float] = typer.Option(None, "--time", help="Path: stop after the last whole pass within S seconds."),
+    time_budget: Optional[float] = typer.Option(None, "--time", min=0.001, help="Path: stop at the last whole pass that ends "
+                                                "within S seconds of wall time (start-up and compile included)."),
     aov: str = typer.Option("", help="Comma-separated AOVs written beside the image: depth,normal,albedo,id."),
     stats: Optional[Path] = typer.Option(None, help="Write timings and settings as JSON."),
 ):
@@ -124,8 +159,8 @@ def render_cmd(
     for a in aovs:
         if a not in AOV_NAMES:
             raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")
-    if out_path.suffix.lower() not in (".png", ".exr"):
-        raise typer.BadParameter(f"{out_path}: expected a .png or .exr file name", param_hint="--out")
+    check_out(out_path, "--out", (".png", ".exr"))
+    check_out(stats, "--stats")
     t0 = time.perf_counter()
     s = _load(scene, seed)
     if not 0 <= camera_index < len(s.cameras):
@@ -133,14 +168,17 @@ def render_cmd(
     cam = _camera_for(s, width, height, camera_index)
     load_seconds = time.perf_counter() - t0
     if renderer is Renderer.raster:
-        if ssaa not in (1, 2, 4):
-            raise typer.BadParameter(f"{ssaa}; expected 1, 2 or 4", param_hint="--ssaa")
+        _check_ssaa(ssaa)
         from render import rasterize
+        from render.notice import notice_if_slow
+        from render.rasterizer import warm_up
 
+        with notice_if_slow("compiling the rasterizer's numba kernels (first run only, about a minute; later runs "
+                            "load them from numba's cache)"):
+            compile_seconds = warm_up()
         frame = rasterize(s, cam, ssaa=ssaa, shadows=shadows)
+        frame.meta["compile_seconds"] = compile_seconds
     else:
-        if spp < 1:
-            raise typer.BadParameter(f"{spp}; expected at least 1", param_hint="--spp")
         from render import pathtrace
 
         frame = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value,
@@ -151,7 +189,10 @@ def render_cmd(
     if stats:
         write_json_atomic(stats, info)
     timing = ", ".join(f"{k} {info[k]:.3g}s" for k in ("load_seconds", "compile_seconds", "render_seconds") if k in info)
-    out.print(f"wrote {', '.join(str(p) for p in written)} ({cam.width}x{cam.height}, {renderer.value}; {timing})")
+    if renderer is Renderer.path and info["spp"] < info["spp_requested"]:
+        timing += f"; --time {time_budget:g}s stopped it at {info['spp']} of {info['spp_requested']} spp"
+    out.print(f"wrote {', '.join(str(p) for p in written + ([stats] if stats else []))} "
+              f"({cam.width}x{cam.height}, {renderer.value}; {timing})")
 
 
 # --- compare --------------------------------------------------------------------------------------
@@ -175,7 +216,7 @@ def _camera_for(s, width, height, index: int = 0):
     from render import RenderError
 
     cam = s.cameras[index]
-    if width or height:
+    if width is not None or height is not None:
         try:
             cam = cam.with_size(width or cam.width, height or cam.height)
         except ValueError as exc:
@@ -188,27 +229,26 @@ def compare_cmd(
     scene: str = SceneArg,
     out_path: Path = typer.Option(Path("compare.png"), "--out", help="The picture: raster | path-traced | error heat map."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
-    spp: int = typer.Option(64, help="Path tracer samples per pixel."),
-    max_depth: int = typer.Option(8, help="Path tracer path segments."),
+    spp: int = typer.Option(64, min=1, help="Path tracer samples per pixel."),
+    max_depth: int = typer.Option(8, min=-1, help="Path tracer path segments."),
     ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis (1, 2, 4)."),
-    seed: int = typer.Option(0, help="Path tracer seed (and procedural scene seed)."),
+    seed: int = typer.Option(0, min=0, help="Path tracer seed (and procedural scene seed)."),
     backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
-    width: Optional[int] = typer.Option(None, help="Override the image width."),
-    height: Optional[int] = typer.Option(None, help="Override the image height."),
+    width: Optional[int] = Width,
+    height: Optional[int] = Height,
     reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR."),
     neural: Optional[Path] = typer.Option(None, help="A training run folder: add the GQN's rendering as a third "
                                                      "column (all images at the model's size, e.g. 64x64)."),
-    context: int = typer.Option(3, help="With --neural: context views rendered by the rasterizer."),
+    context: int = typer.Option(3, min=1, help="With --neural: context views rendered by the rasterizer."),
 ):
     """Render a scene with both renderers and write a side-by-side picture with the metrics."""
     from render import RenderError, compare, pathtrace, rasterize
     from render.image_io import write_json_atomic
     from render.metrics import compare_picture, footer_text
 
-    if ssaa not in (1, 2, 4):
-        raise typer.BadParameter(f"{ssaa}; expected 1, 2 or 4", param_hint="--ssaa")
-    if spp < 1:
-        raise typer.BadParameter(f"{spp}; expected at least 1", param_hint="--spp")
+    _check_ssaa(ssaa)
+    check_out(out_path, "--out", (".png",))
+    check_out(json_out, "--json")
     s = _load(scene, seed)
     model = None
     if neural is not None:
@@ -224,6 +264,10 @@ def compare_cmd(
     raster = rasterize(s, cam, ssaa=ssaa)
     path = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value, progress=True)
     c = compare(raster, path)
+    if ssaa > 1:  # AOVs through the pixel centres on both sides (at ssaa > 1 the rasterizer's come from a subsample)
+        from render.metrics import aov_agreement
+
+        c.aov = aov_agreement(rasterize(s, cam, ssaa=1), path)
     scores = {}
     if ref is not None:
         scores = {"raster": compare(raster.rgb, ref), "path": compare(path.rgb, ref)}
@@ -262,16 +306,16 @@ def compare_cmd(
 @app.command("convergence")
 def convergence_cmd(
     scene: str = SceneArg,
-    max_spp: int = typer.Option(64, help="Largest spp; the path tracer runs at 1, 2, 4, ... max_spp."),
+    max_spp: int = typer.Option(64, min=1, help="Largest spp; the path tracer runs at 1, 2, 4, ... and max_spp."),
     reference: Optional[Path] = typer.Option(None, help="Linear EXR to measure against (default: 16x max_spp of our own)."),
     out_path: Path = typer.Option(Path("convergence.png"), "--out", help="The log-log plot."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
-    max_depth: int = typer.Option(8, help="Path tracer path segments."),
-    ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis."),
-    seed: int = typer.Option(0, help="Seed of the first run (each spp uses its own seed)."),
+    max_depth: int = typer.Option(8, min=-1, help="Path tracer path segments."),
+    ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis (1, 2, 4)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the first run (each spp uses its own seed)."),
     backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
-    width: Optional[int] = typer.Option(None, help="Override the image width."),
-    height: Optional[int] = typer.Option(None, help="Override the image height."),
+    width: Optional[int] = Width,
+    height: Optional[int] = Height,
 ):
     """Plot path-tracer RMSE against spp (log-log, ideal slope) with the rasterizer's error as a line."""
     import numpy as np
@@ -280,8 +324,9 @@ def convergence_cmd(
     from render.image_io import write_json_atomic
     from render.metrics import convergence_plot
 
-    if max_spp < 1:
-        raise typer.BadParameter(f"{max_spp}; expected at least 1", param_hint="--max-spp")
+    _check_ssaa(ssaa)
+    check_out(out_path, "--out", (".png",))
+    check_out(json_out, "--json")
     s = _load(scene, seed)
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
@@ -293,7 +338,7 @@ def convergence_cmd(
                         progress=True).rgb
         ref_note = f"path tracer, {ref_spp} spp"
     rmse = lambda img: float(np.sqrt(np.mean((img.astype(np.float64) - ref) ** 2)))  # noqa: E731
-    spps = [1 << k for k in range(int(np.log2(max_spp)) + 1)]
+    spps = [1 << k for k in range(max_spp.bit_length()) if 1 << k < max_spp] + [max_spp]
     errors = []
     for k, n in enumerate(spps):
         errors.append(rmse(pathtrace(s, cam, spp=n, max_depth=max_depth, seed=seed + k, backend=backend.value).rgb))
@@ -304,7 +349,12 @@ def convergence_cmd(
     if json_out:
         write_json_atomic(json_out, {"scene": scene, "reference": ref_note, "spp": spps, "rmse": errors,
                                      "raster_rmse": raster_error, "raster_ssaa": ssaa, "max_depth": max_depth})
-    out.print(f"wrote {out_path}")
+    out.print(f"wrote {out_path}" + (f" and {json_out}" if json_out else ""))
+
+
+def _check_ssaa(ssaa: int) -> None:
+    if ssaa not in (1, 2, 4):
+        raise typer.BadParameter(f"{ssaa}; expected 1, 2 or 4", param_hint="--ssaa")
 
 
 # --- dataset --------------------------------------------------------------------------------------
@@ -323,16 +373,17 @@ def dataset_generate(
     spp: int = typer.Option(64, help="Path tracer samples per pixel."),
     max_depth: int = typer.Option(8, help="Path tracer path segments."),
     ssaa: int = typer.Option(1, help="Rasterizer supersampling per axis (1, 2, 4)."),
-    seed: int = typer.Option(0, help="Seed: shards depend only on (seed, shard index)."),
+    seed: int = typer.Option(0, min=0, help="Seed: shards depend only on (seed, shard index)."),
     shard_size: int = typer.Option(100, help="Scenes per shard."),
-    workers: int = typer.Option(0, help="Processes rendering shards in parallel; 0: one per core for the rasterizer, "
+    workers: int = typer.Option(0, min=0, help="Processes rendering shards in parallel; 0: one per core for the rasterizer, "
                                 "one for the path tracer (which already uses every core)."),
-    shard_index: int = typer.Option(0, help="This process's share: shards j with j % num_shards == shard_index."),
-    num_shards: int = typer.Option(1, help="How many processes/machines share the work (join with `dataset merge`)."),
+    shard_index: int = typer.Option(0, min=0, help="This process's share: shards j with j % num_shards == shard_index."),
+    num_shards: int = typer.Option(1, min=1, help="How many processes/machines share the work (join with `dataset merge`)."),
 ):
     """Render a dataset of scenes x views into checksummed, resumable shards."""
     from render.dataset import DatasetConfig, generate
 
+    check_out(out_dir, "--out", folder=True)
     cfg = DatasetConfig(family, scenes, views, size, renderer, spp, max_depth, ssaa, seed, shard_size)
     m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
     n = sum(min(cfg.scenes, (int(j) + 1) * cfg.shard_size) - int(j) * cfg.shard_size for j in m["shards"])
@@ -347,7 +398,7 @@ def dataset_verify(data: Path = typer.Argument(..., help="Dataset folder.")):
 
     problems = verify(data)
     for p in problems:
-        err.print(f"bad: {p}", highlight=False, soft_wrap=True)
+        err.print(f"bad: {p}")
     if problems:
         raise typer.Exit(1)
     out.print(f"{data}: all shards verified")
@@ -364,12 +415,13 @@ def dataset_merge(data: Path = typer.Argument(..., help="Dataset folder written 
 
 @dataset_app.command("show")
 def dataset_show(data: Path = typer.Argument(..., help="Dataset folder."),
-                 scenes: int = typer.Option(8, help="Rows (scenes) on the sheet."),
+                 scenes: int = typer.Option(8, min=1, help="Rows (scenes) on the sheet."),
                  out_path: Path = typer.Option(Path("sheet.png"), "--out", help="PNG to write."),
                  path_images: bool = typer.Option(False, "--path-images", help="Show the path-traced images of a 'both' dataset.")):
     """Write a contact sheet: one row per scene, its views in order, viewpoints under each."""
     from render.dataset import contact_sheet
 
+    check_out(out_path, "--out", (".png",))
     contact_sheet(data, scenes, out_path, "images_path" if path_images else "images")
     out.print(f"wrote {out_path}")
 
@@ -389,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rc, int) and rc:  # a typer.Exit(code) inside a command
             sys.exit(rc)
     except (SceneError, RenderError, ShardError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(Text("error:", style="bold red"), str(exc))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -52,21 +52,24 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Argument(..., help="Dataset folder (trirender dataset generate)."),
         out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, logs."),
         preset: str = typer.Option("small", help="paper, small or tiny."),
-        steps: Optional[int] = typer.Option(None, help="Total steps to reach (default: the preset's steps_total)."),
-        batch: Optional[int] = typer.Option(None, help="Scenes per step per process (default: the preset's)."),
+        steps: Optional[int] = typer.Option(None, min=1, help="Total steps to reach (default: the preset's steps_total)."),
+        batch: Optional[int] = typer.Option(None, min=1, help="Scenes per step per process (default: the preset's)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
         set_: List[str] = typer.Option([], "--set", help="Override a config field, FIELD=VALUE (repeatable)."),
-        minutes: float = typer.Option(0.0, help="Stop with a checkpoint after this many minutes (0: no limit)."),
+        minutes: float = typer.Option(0.0, min=0.0, help="Stop with a checkpoint after this many minutes (0: no limit)."),
         amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on for CUDA)."),
         channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU)."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-        workers: int = typer.Option(0, help="DataLoader worker processes."),
-        threads: int = typer.Option(0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
+        workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
+        threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
         val: Optional[Path] = typer.Option(None, help="Dataset for the validation batch (default: DATA)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ):
         """Train a GQN on a dataset folder (resumable; torchrun for several processes)."""
+        from .cli import check_out
+
+        check_out(out, "--out", folder=True)
         with _errors():
             from neural.train import Runtime, parse_overrides, resolve_config, train
 
@@ -100,16 +103,17 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Run folder written by trirender train."),
         data: Path = typer.Option(..., "--data", help="Held-out dataset folder."),
         context: str = typer.Option("1,3,5", help="Context sizes, comma-separated."),
-        samples: int = typer.Option(4, help="Prior samples per query (mean-of-N and best-of-N)."),
+        samples: int = typer.Option(4, min=1, help="Prior samples per query (mean-of-N and best-of-N)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
-        scenes: Optional[int] = typer.Option(None, help="Use only the first N scenes."),
-        seed: int = typer.Option(0, help="Seed of the query/context choice and the samples."),
+        scenes: Optional[int] = typer.Option(None, min=1, help="Use only the first N scenes."),
+        seed: int = typer.Option(0, min=0, help="Seed of the query/context choice and the samples."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
     ):
         """PSNR/SSIM of the model vs nearest-view and mean-image baselines, per context size."""
+        from .cli import check_out
+
         ks = _contexts(context)
-        if samples < 1:
-            raise typer.BadParameter(f"--samples {samples}; expected >= 1")
+        check_out(json_out, "--json")
         with _errors():
             from neural.evaluate import evaluate, table
             from render.image_io import write_json_atomic
@@ -126,19 +130,21 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("orbit.gif"), "--out", help="The orbit GIF."),
         scene: Optional[str] = typer.Option(None, help="A scene file (.toml or mesh) or built-in family name."),
         data: Optional[Path] = typer.Option(None, help="A dataset folder (with --index)."),
-        index: int = typer.Option(0, help="Scene index in --data."),
-        context: int = typer.Option(3, help="Context views."),
-        orbit_frames: int = typer.Option(36, "--orbit", help="Frames in the orbit."),
-        samples: int = typer.Option(8, help="Prior samples per frame (mean shown, std as uncertainty)."),
-        path_spp: int = typer.Option(64, help="Path tracer ground truth at this spp (0: off)."),
+        index: int = typer.Option(0, min=0, help="Scene index in --data."),
+        context: int = typer.Option(3, min=1, help="Context views."),
+        orbit_frames: int = typer.Option(36, "--orbit", min=1, help="Frames in the orbit."),
+        samples: int = typer.Option(8, min=1, help="Prior samples per frame (mean shown, std as uncertainty)."),
+        path_spp: int = typer.Option(64, min=0, help="Path tracer ground truth at this spp (0: off)."),
         strip_out: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip (every 6th frame)."),
-        seed: int = typer.Option(0, help="Seed of the context views (--scene) and the samples."),
+        seed: int = typer.Option(0, min=0, help="Seed of the context views (--scene) and the samples."),
     ):
         """Orbit GIF of novel views: generator beside rasterizer (and path tracer) and uncertainty."""
+        from .cli import check_out
+
         if (scene is None) == (data is None):
             raise typer.BadParameter("give exactly one of --scene SCENE or --data DIR --index I")
-        if context < 1 or orbit_frames < 1 or samples < 1:
-            raise typer.BadParameter("--context, --orbit and --samples must be >= 1")
+        check_out(out, "--out", (".gif",))
+        check_out(strip_out, "--strip", (".png",))
         with _errors():
             import numpy as np
 
@@ -168,7 +174,8 @@ def register(app: typer.Typer) -> None:
                 settings = views.manifest.get("render_settings", {})
                 if "shadow_map" in settings:  # re-render ground truth as the dataset was rendered
                     raster_options = {"shadow_resolution": int(settings["shadow_map"]),
-                                      "directional_resolution": 2 * int(settings["shadow_map"]),
+                                      "directional_resolution": int(settings.get("directional_shadow_map",
+                                                                                 2 * settings["shadow_map"])),
                                       "ssaa": int(settings.get("ssaa", 1))}
                 s = scene_from_dict(desc, source=f"{data}[{index}]")
                 imgs, vp = views.gather(np.asarray([index]), np.arange(context)[None])
@@ -181,6 +188,6 @@ def register(app: typer.Typer) -> None:
 
                 strip_out.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(strip_out, novel.strip(o))
-        print(f"wrote {out} ({orbit_frames} frames; mean PSNR vs raster {sum(o.psnr_raster) / len(o.psnr_raster):.2f} dB"
+        print(f"wrote {out}" + (f" and {strip_out}" if strip_out else "") + f" ({orbit_frames} frames; mean PSNR vs raster {sum(o.psnr_raster) / len(o.psnr_raster):.2f} dB"
               + ("" if o.path is not None else f"; path tracer column left out: {o.path_note}") + ")")
 
