@@ -36,8 +36,9 @@ RENDERERS = ("raster", "path", "both")
 # matrix product when placing shapes (rounding-level changes). 3: the path tracer's environment-map
 # sampling and its views of a scene traced in one launch (the recompiled kernel rounds some
 # path-traced pixels of every scene differently, by ~1e-7). 4: the path tracer's BVH leaves of up
-# to 8 triangles tested in SIMD (another tree, and barycentrics rounded differently).
-RENDER_REVISION = 4
+# to 8 triangles tested in SIMD (another tree, and barycentrics rounded differently). 5: the path
+# tracer's back faces of one-sided materials (emitters by default) black instead of reflecting.
+RENDER_REVISION = 5
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     mat_f[:, 12] = mats["roughness"]
     mat_f[:, 13] = mats["ior"]
     mat_f[:, 14] = mats["checker_scale"]
+    mat_f[:, 15] = mats["two_sided"]
 
     # emitter triangles, picked in proportion to their emitted power (area x luminance)
     is_emit = mats["type"][tri_i[:, 0]] == EMITTER

@@ -18,7 +18,8 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
                           e2 xyz); block j of a leaf holds its triangles a + BLOCK j + lane (empty lanes 0)
     emit_tri (E,)  i32    emitter triangles; emit_cdf (E,) f32 their cumulative selection probability
     mat_i    (M,)  ivec3  (type, texture, checker)
-    mat_f    (M, 16) f32  base rgb, radiance rgb, checker1 rgb, checker2 rgb, roughness, ior, checker scale
+    mat_f    (M, 16) f32  base rgb, radiance rgb, checker1 rgb, checker2 rgb, roughness, ior, checker scale,
+                          two-sided (1) or one-sided (0: the back face is black, as Mitsuba's one-sided BSDFs)
     tex      (P,)  vec3   all texture texels, row-major, row 0 = top of the image
     tex_info (K,)  ivec3  (offset into tex, width, height)
     light_i  (L,)  i32    delta light type (0 point, 1 directional)
@@ -589,7 +590,9 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
             L += beta * Le * w
         if max_depth >= 0 and depth + 1 >= max_depth:
             break  # (max_depth 0 ends here too, with nothing gathered: a black image, as in Mitsuba)
-        # non-emitters scatter on both sides: work on the side the ray arrived from
+        if not front and mat_f[m, 15] == 0.0:
+            break  # the back of a one-sided material (emitters by default) reflects nothing; it still occludes
+        # two-sided materials scatter on both sides: work on the side the ray arrived from
         if not front:
             ng = -ng
             ns = -ns

@@ -49,8 +49,9 @@ class Material:
     texture: index into ``Scene.textures`` replacing the base colour (albedo or color), or -1.
     texture_file: the file that texture came from (kept for writing the scene back).
     checker: a checkerboard replacing the base colour, or None.
-    two_sided: seen (and not back-face culled) from both sides. Non-emitters scatter on both
-        sides either way; emitters emit from the front face only.
+    two_sided: scatters light on both sides. One-sided (False): the rasterizer culls back faces
+        (OpenGL), the path tracer sees them black but opaque (Mitsuba's one-sided BSDFs); emitters
+        emit from the front face only either way.
     """
 
     name: str

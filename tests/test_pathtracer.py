@@ -86,6 +86,27 @@ def test_furnace_convex_sphere_in_constant_environment(albedo):
     np.testing.assert_array_equal(f0.object_id, f1.object_id)
 
 
+def test_one_sided_material_is_black_but_opaque_from_behind():
+    # A quad facing away from the camera under constant radiance 1: two-sided it reflects its
+    # albedo exactly (every ray leaving it escapes); one-sided (Mitsuba's default BSDFs) its back
+    # reflects nothing, yet it still hides the environment behind it.
+    def quad(two_sided):
+        return render.scene_from_dict({
+            "camera": cam((0, 0, 3), (0, 0, 0), fov=40, size=24),
+            "materials": {"m": {"type": "diffuse", "albedo": [0.5] * 3, "two_sided": two_sided}},
+            "objects": [{"shape": "quad", "material": "m", "rotate": [0.0, 180.0, 0.0]}],  # faces -z
+            "environment": {"radiance": [1.0, 1.0, 1.0]},
+        })
+    one, two = trace(quad(False), spp=8, max_depth=-1), trace(quad(True), spp=8, max_depth=-1)
+    hit = interior(one.object_id == 0)
+    assert hit.mean() > 0.3
+    np.testing.assert_array_equal(one.object_id, two.object_id)
+    assert one.rgb[hit].max() == 0.0
+    m, se = mean_and_stderr(two.rgb[hit])
+    assert np.all(np.abs(m - 0.5) < 5 * se + 1e-4) and two.rgb[hit].min() > 0.25, (m, se)
+    np.testing.assert_array_equal(one.rgb[interior(one.object_id < 0)], 1.0)
+
+
 @pytest.mark.parametrize("albedo,max_depth", [(0.5, 1), (0.5, 2), (0.5, 3), (0.5, 8), (0.5, -1), (1.0, 4)])
 def test_furnace_emitting_enclosure_geometric_series(albedo, max_depth):
     # Inside a closed surface emitting radiance 1 with diffuse albedo a, a path of n segments gathers
