@@ -68,6 +68,8 @@ class DatasetConfig:
                 problems.append(f"{name} {getattr(self, name)}; expected at least {lo}")
         if self.ssaa not in (1, 2, 4):
             problems.append(f"ssaa {self.ssaa}; expected 1, 2 or 4")
+        if self.max_depth < -1:
+            problems.append(f"max_depth {self.max_depth}; expected -1 (unbounded) or an integer >= 0")
         if problems:
             raise RenderError("dataset settings: " + "; ".join(problems))
 

@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MESH_SUFFIXES = {".obj", ".ply", ".stl", ".glb", ".gltf", ".off"}
-TOP_LEVEL_KEYS = ("camera", "cameras", "materials", "objects", "lights", "environment", "scene")
+TOP_LEVEL_KEYS = ("camera", "cameras", "materials", "objects", "lights", "environment")
 # Triangles with less area than this (m^2) are dropped from meshes as degenerate.
 MIN_TRIANGLE_AREA = 1e-14
 

@@ -204,6 +204,8 @@ def test_bad_settings_are_refused():
 
     with pytest.raises(RenderError, match="family 'rooms'.*renderer 'opengl'"):
         DatasetConfig("rooms", 1, 1, renderer="opengl").check()
+    with pytest.raises(RenderError, match="max_depth -5; expected -1"):
+        DatasetConfig("rooms_ring", 1, 1, renderer="path", max_depth=-5).check()
 
 
 def test_both_renderers_store_paired_images(tmp_path):

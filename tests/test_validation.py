@@ -53,9 +53,10 @@ def test_unknown_key(mesh_dir):
     d = minimal_description("ok.ply")
     d["objects"][1]["colour"] = [1.0, 0.0, 0.0]
     refuse(d, mesh_dir, "objects[1].colour", "unknown key", "material")
-    d = minimal_description("ok.ply")
-    d["sky"] = {}
-    refuse(d, mesh_dir, "sky", "unknown top-level key")
+    for key in ("sky", "scene"):  # a [scene] table is not part of the format either
+        d = minimal_description("ok.ply")
+        d[key] = {"max_depth": 3}
+        refuse(d, mesh_dir, key, "unknown top-level key")
 
 
 def test_wrong_type(mesh_dir):
