@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+_HERE = Path(__file__).resolve().parent
+# In a checkout the figures go to bench/results (committed); from an installed package, to
+# ./bench_results in the folder the bench runs from.
+RESULTS = _HERE / "results" if (_HERE.parent / "pyproject.toml").is_file() else Path.cwd() / "bench_results"
 
 
 def cpu_name() -> str:

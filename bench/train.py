@@ -106,7 +106,7 @@ def machine() -> dict:
     return info
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="tiny,small,paper")
     ap.add_argument("--batch", type=int, default=0, help="0: each preset's own batch size")
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     ap.add_argument("--append", action="store_true", help="Add these rows to the results already in --out")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.one:
         p = json.loads(args.one)

@@ -20,7 +20,8 @@ def test_help_lists_every_verb_with_one_line():
     assert res.returncode == 0
     commands = res.stdout.split("Commands:")[1].strip().splitlines()
     verbs = {line.split()[0] for line in commands if line.strip()}
-    assert {"scene", "render"} <= verbs
+    # DESIGN.md's verbs, and the comparison plot
+    assert verbs == {"scene", "render", "compare", "convergence", "dataset", "train", "eval", "novel", "bench"}
     assert all(len(line.split()) > 1 for line in commands)  # each with its line of help
 
 
@@ -33,6 +34,21 @@ def test_scene_info_of_builtin_and_file(tmp_path):
     assert info["triangles"] == 36 and info["materials"]["light"] == "emitter"
     res = run("scene", "info", "cornell_box")
     assert "triangles" in res.stdout and "36" in res.stdout
+
+
+def test_bench_verb_runs_a_bench_script_and_saves_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = run("bench", "dataset", "--renderers", "path", "--path-scenes", "1", "--views", "1", "--size", "8",
+              "--spp", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    import json
+
+    doc = json.loads(out.read_text())
+    assert doc["bench"] == "dataset" and doc["machine"]["cores"] >= 1 and doc["settings"]["size"] == 8
+    (row,) = doc["results"]["rows"]
+    assert row["what"].startswith("generate path 1 spp") and row["views"] == 1 and row["rate"] > 0
+    res = run("bench", "nope")
+    assert res.returncode == 2 and "expected one of: pathtracer, raster, dataset, train" in " ".join(res.stderr.split())
 
 
 def test_scene_generate_then_info_round_trips(tmp_path):

@@ -426,6 +426,24 @@ def dataset_show(data: Path = typer.Argument(..., help="Dataset folder."),
     out.print(f"wrote {out_path}")
 
 
+# --- bench ----------------------------------------------------------------------------------------
+BENCHES = ("pathtracer", "raster", "dataset", "train")
+
+
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_cmd(ctx: typer.Context,
+              name: str = typer.Argument(..., help="pathtracer, raster, dataset or train.")):
+    """Run a benchmark of bench/ (prints a table, saves JSON with the machine, versions and settings);
+    options after NAME go to the script (trirender bench pathtracer --backend cpu; its own options:
+    trirender bench pathtracer -- --help)."""
+    import importlib
+
+    if name not in BENCHES:
+        raise typer.BadParameter(f"unknown benchmark {name!r}; expected one of: {', '.join(BENCHES)}", param_hint="NAME")
+    module = importlib.import_module(f"bench.{name}")
+    module.main(list(ctx.args))
+
+
 from .cli_neural import register as _register_neural  # noqa: E402
 
 _register_neural(app)
