@@ -115,11 +115,12 @@ def orbit(model: GQN, scene: Any, context_images: np.ndarray, context_viewpoints
     raster = _srgb(rasterize_batch([(scene, c) for c in cams], **(raster_options or {})))
     path, note = None, "off (--path-spp 0)"
     if path_spp > 0:
-        try:  # the path tracer is optional: a missing or failing Taichi leaves its column out
-            from render import pathtrace_views
+        from render import pathtrace_views
 
+        try:  # without Taichi (it is imported at the first render) the column is left out, and said
+            # so; any other failure is a bug and propagates
             path = _srgb(pathtrace_views(scene, cams, spp=path_spp, seeds=[seed] * len(cams)))
-        except Exception as exc:  # noqa: BLE001
+        except ImportError as exc:
             note = f"path tracer unavailable ({type(exc).__name__}: {exc})"
     mean = draws.mean(0)
     psnrs = [float(10 * np.log10(1.0 / max(np.mean((m - t) ** 2), 1e-10))) for m, t in zip(mean, raster)]

@@ -119,7 +119,7 @@ def test_eval_and_novel_verbs(run, tmp_path):
     frames = iio.imread(tmp_path / "o.gif", index=None)
     assert frames.shape[0] == 4
     rows = iio.imread(tmp_path / "o.png").shape[0] // 64  # neural, raster, (path), std
-    assert rows == (3 if "path tracer column left out" in res.stdout else 4), res.stdout
+    assert rows == 4 and "left out" not in res.stdout, res.stdout  # the path tracer's column is there
 
 
 def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):

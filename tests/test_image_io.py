@@ -90,6 +90,25 @@ def test_writes_are_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.exr"]
 
 
+def test_a_write_that_fails_halfway_leaves_the_old_file(tmp_path, monkeypatch):
+    import render.image_io as image_io
+
+    target = tmp_path / "keep.png"
+    write_image(target, np.full((2, 2, 3), 0.5, np.float32))
+    before = target.read_bytes()
+
+    def dies_halfway(path, *args, **kwargs):  # the disk fills up (or the process is killed) mid-write
+        with open(path, "wb") as f:
+            f.write(before[:10])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(image_io.iio, "imwrite", dies_halfway)
+    with pytest.raises(OSError, match="No space"):
+        write_image(target, np.zeros((2, 2, 3), np.float32))
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 

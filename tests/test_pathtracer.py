@@ -301,16 +301,15 @@ def test_nee_bsdf_and_mis_agree(scene_name):
     if scene_name == "lit_by_a_map":  # a glossy ball and a floor under a sky with a sun (and the lamps)
         scene = dataclasses.replace(scene, environment=render.Environment(radiance=(0.5, 0.5, 0.5),
                                                                           image=sun_sky(sun_radiance=40.0)))
-    means = {}
-    for strategy in ("mis", "nee", "bsdf"):
-        f = trace(scene, spp=128, max_depth=5, strategy=strategy)
-        means[strategy] = mean_and_stderr(f.rgb)
-    m0, se0 = means["mis"]
+    imgs = {(strategy, seed): trace(scene, spp=128, max_depth=5, strategy=strategy, seed=seed).rgb
+            for strategy in ("mis", "nee", "bsdf") for seed in (0, 1)}
+    # Judged on the per-pixel differences: the picture itself cancels, so the margin is the noise alone.
     for other in ("nee", "bsdf"):
-        m, se = means[other]
-        assert np.all(np.abs(m - m0) < 5 * np.hypot(se, se0)), (other, m, m0, se, se0)
-    # MIS is no noisier than BSDF sampling alone (its purpose)
-    assert np.all(means["mis"][1] <= means["bsdf"][1] * 1.05)
+        m, se = mean_and_stderr(imgs[(other, 0)] - imgs[("mis", 0)])
+        assert np.all(np.abs(m) < 5 * se + 1e-6), (other, m, se)
+    # MIS is no noisier than BSDF sampling alone (its purpose): the spread between two seeds
+    noise = {k: np.std(imgs[(k, 0)] - imgs[(k, 1)], axis=(0, 1)) for k in ("mis", "nee", "bsdf")}
+    assert np.all(noise["mis"] <= noise["bsdf"] * 1.05), noise
 
 
 # --- delta lights: the radiometric units -------------------------------------------------------------
@@ -348,9 +347,8 @@ def test_same_seed_identical_different_seed_same_mean():
     c = trace(scene, spp=16, seed=4)
     np.testing.assert_array_equal(a.rgb, b.rgb)
     assert not np.array_equal(a.rgb, c.rgb)
-    ma, sa = mean_and_stderr(a.rgb)
-    mc, sc = mean_and_stderr(c.rgb)
-    assert np.all(np.abs(ma - mc) < 5 * np.hypot(sa, sc))
+    m, se = mean_and_stderr(a.rgb - c.rgb)  # the noise of the difference, not the picture's spread
+    assert np.all(np.abs(m) < 5 * se), (m, se)
     # a time budget renders a prefix of the same sample sequence: the first passes are identical
     d = trace(scene, spp=1, seed=3)
     e = trace(scene, spp=16, seed=3, time_budget=1e-6)  # only the first (1-sample) pass fits
@@ -414,7 +412,8 @@ def test_aovs_agree_with_rasterizer():
     np.testing.assert_array_equal(p.object_id[inner], r.object_id[inner])
     hit = inner & (p.object_id >= 0)
     np.testing.assert_allclose(p.depth[hit], r.depth[hit], rtol=1e-3)
-    assert np.mean(np.abs(np.sum(p.normal[hit] * r.normal[hit], axis=-1))) > 0.999
+    cos = np.sum(p.normal[hit] * r.normal[hit], axis=-1)  # both: the stored normal, never flipped
+    assert cos.min() > 0.999, cos.min()
 
 
 def test_checker_and_texture_albedo(tmp_path):

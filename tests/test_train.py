@@ -165,7 +165,7 @@ def test_compiled_training_compiles_at_most_twice(rooms, tmp_path, monkeypatch):
     graphs = counters["stats"]["unique_graphs"]
     torch._dynamo.reset()
     assert s["steps"] == 12 and np.isfinite(s["loss"])
-    assert graphs <= 2, graphs
+    assert 1 <= graphs <= 2, graphs  # compiled at all, and not once per sigma or K
 
 
 @pytest.mark.gpu
