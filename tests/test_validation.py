@@ -216,12 +216,12 @@ def test_mutated_scenes_are_refused_cleanly(mesh_dir, data):
         new = data.draw(WRONG_VALUES.filter(lambda x: _category(x) != _category(value)
                                             and not (uniform_scale and _category(x) == "number")))
         set_at(desc, path, new)
-        words = [field_text(path[:2])]
+        words = [field_text(path)]
     elif kind == "nan":
         floats = [(p, v) for p, v in leaves(desc) if isinstance(v, float)]
         path, _ = data.draw(st.sampled_from(floats))
         set_at(desc, path, data.draw(st.sampled_from([math.nan, math.inf, -math.inf])))
-        words = [field_text(path[:2])]
+        words = [field_text(path)]
     elif kind == "unknown_key":
         path, table = data.draw(st.sampled_from([(p, t) for p, t in tables(desc) if p]))
         if path[0] == "materials" and len(path) == 1:  # keys of [materials] are names: use a bad material instead
@@ -253,6 +253,7 @@ def test_mutated_scenes_are_refused_cleanly(mesh_dir, data):
             node = node[p]
         del node[path[-1]]
         expect_refusal = None
+        words = [str(path[-1])]  # a refusal names the key that went missing
     try:
         s = scene_from_dict(desc, source=SOURCE, base_dir=mesh_dir)
     except SceneError as exc:
