@@ -136,6 +136,22 @@ def test_transform_order_is_scale_rotate_translate():
     np.testing.assert_allclose(s.geometric_normals(), [[1, 0, 0]] * 2, atol=1e-6)  # +z turned to +x
 
 
+def test_euler_angles_turn_about_x_then_y_then_z():
+    # rotate = [90, 90, 0]: R = Ry(90) Rx(90). The quad's +z normal goes to -y under Rx(90), and Ry
+    # keeps y; its x edge stays on x under Rx and goes to -z under Ry(90). (The other order, Rx Ry,
+    # would turn the normal to +x.)
+    d = minimal_description()
+    d["objects"] = [{"shape": "quad", "material": "white", "size": [4.0, 2.0], "rotate": [90.0, 90.0, 0.0]}]
+    s = scene_from_dict(d)
+    np.testing.assert_allclose(s.geometric_normals(), [[0, -1, 0]] * 2, atol=1e-6)
+    p = s.positions.reshape(-1, 3)
+    np.testing.assert_allclose(np.sort(np.unique(p[:, 2].round(5))), [-2.0, 2.0])  # the 4 m edge on z
+    np.testing.assert_allclose(np.sort(np.unique(p[:, 0].round(5))), [-1.0, 1.0])  # the 2 m edge on x
+    # and z last: [0, 0, 90] after [90, 0, 0] turns the -y normal to +x
+    d["objects"][0]["rotate"] = [90.0, 0.0, 90.0]
+    np.testing.assert_allclose(scene_from_dict(d).geometric_normals(), [[1, 0, 0]] * 2, atol=1e-6)
+
+
 def test_mirror_scale_keeps_front_face_and_normals_consistent():
     d = minimal_description()
     d["objects"] = [{"shape": "sphere", "material": "white", "scale": [-1.0, 1.0, 1.0], "subdivisions": 1}]
