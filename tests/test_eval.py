@@ -72,6 +72,28 @@ def test_report_structure_and_baselines_match_direct_computation(run):
     assert gain["psnr"] == pytest.approx(rep["context_3"]["model"]["psnr"] - np.mean(near), abs=1e-6)
     assert 0 < gain["psnr_standard_error"] < 5 and 0 <= gain["fraction_model_better"] <= 1
     assert rep["context_3"]["mean_image"]["psnr"] == pytest.approx(np.mean([psnr_np(mean_img, x) for x in q]), abs=1e-6)
+    # the model's own numbers for K = 1, recomputed from the checkpoint: N draws from the prior with the
+    # report's seeded generator, scored as the mean of the draws; the ELBO from the model's loss terms
+    import torch
+
+    from neural.model import sigma_at
+    from neural.train import build_model
+
+    model, cfg, step = build_model(run)
+    imgs1, vps1 = views.gather(np.arange(16), plan[:, :2])
+    cx = torch.from_numpy(imgs1[:, 1:]).permute(0, 1, 4, 2, 3).float() / 255.0
+    cv, vq = torch.from_numpy(vps1[:, 1:]), torch.from_numpy(vps1[:, 0])
+    xq = torch.from_numpy(imgs1[:, 0]).permute(0, 3, 1, 2).float() / 255.0
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        draws = torch.stack([model.generate(cx, cv, vq, generator=gen) for _ in range(3)])
+        terms = model(cx, cv, xq, vq, sigma_at(cfg, step))
+    mean_draw = draws.mean(0).permute(0, 2, 3, 1).numpy()
+    assert rep["context_1"]["model"]["psnr"] == pytest.approx(
+        np.mean([psnr_np(mean_draw[i], imgs1[i, 0] / 255.0) for i in range(16)]), abs=1e-3)
+    assert rep["context_1"]["elbo_nats"] == pytest.approx(
+        -float(terms["nll_each"].mean() + terms["kl_each"].mean()), rel=1e-4)
     # more context views can only bring a nearer view
     assert rep["context_3"]["nearest_view"]["psnr"] >= rep["context_1"]["nearest_view"]["psnr"]
     # the training set's mean image is what train() saved: the mean of every training view
