@@ -34,6 +34,13 @@ def test_scene_info_of_builtin_and_file(tmp_path):
     assert info["triangles"] == 36 and info["materials"]["light"] == "emitter"
     res = run("scene", "info", "cornell_box")
     assert "triangles" in res.stdout and "36" in res.stdout
+    # and a scene file: a TOML written by scene generate, and a GLB mesh
+    assert run("scene", "generate", "cornell_box", "--out", str(tmp_path / "box.toml")).returncode == 0
+    res = run("scene", "info", str(tmp_path / "box.toml"), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["triangles"] == 36, res.stderr
+    trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "ball.glb")
+    res = run("scene", "info", str(tmp_path / "ball.glb"), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["triangles"] == 80, res.stderr
 
 
 def test_bench_verb_runs_a_bench_script_and_saves_its_json(tmp_path):

@@ -106,7 +106,7 @@ def test_convergence_cli(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((tmp_path / "conv.json").read_text())
     assert data["spp"] == [1, 2, 4] and data["reference"] == "path tracer, 64 spp"
-    assert all(0 < r < 1 for r in data["rmse"]) and data["rmse"][2] < data["rmse"][0]  # 4x the samples: ~half the error
+    assert all(0 < r < 1 for r in data["rmse"]) and data["rmse"][2] < 0.7 * data["rmse"][0]  # 4x the samples: ~half the error
     assert 0 < data["raster_rmse"] < 1
     assert (tmp_path / "conv.png").stat().st_size > 5000
 
