@@ -71,6 +71,11 @@ class Camera:
 
     def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(right, true_up, forward) unit vectors in world space, float64 (3,) each (copies)."""
+        return tuple(np.array(v) for v in self._basis_floats())
+
+    def _basis_floats(self) -> tuple[tuple[float, float, float], ...]:
+        """``basis`` as tuples of floats, computed once per camera: datasets ask for it thousands
+        of times, and making arrays costs more than the numbers."""
         cached = self.__dict__.get("_basis")
         if cached is None:  # computed once per camera: datasets ask for it thousands of times
             fx, fy, fz = (b - a for a, b in zip(self.position, self.look_at))
@@ -82,23 +87,20 @@ class Camera:
             rx, ry, rz = rx / n, ry / n, rz / n
             cached = ((rx, ry, rz), (ry * fz - rz * fy, rz * fx - rx * fz, rx * fy - ry * fx), (fx, fy, fz))
             object.__setattr__(self, "_basis", cached)
-        return tuple(np.array(v) for v in cached)
+        return cached
 
     def camera_to_world(self) -> np.ndarray:
         """(4, 4) float64: columns are right, up, -forward (the camera's +z) and position."""
-        r, u, f = self.basis()
-        m = np.eye(4)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = r, u, -f, self.position
-        return m
+        (rx, ry, rz), (ux, uy, uz), (fx, fy, fz) = self._basis_floats()
+        px, py, pz = self.position
+        return np.array([[rx, ux, -fx, px], [ry, uy, -fy, py], [rz, uz, -fz, pz], [0.0, 0.0, 0.0, 1.0]])
 
     def view_matrix(self) -> np.ndarray:
         """(4, 4) float64 world-to-camera matrix (OpenGL ``lookAt``): the inverse of
         ``camera_to_world``, written out (rows right, up, -forward; translation -R^T p)."""
-        r, u, f = self.basis()
-        p = np.asarray(self.position, np.float64)
-        m = np.eye(4)
-        m[0, :3], m[1, :3], m[2, :3] = r, u, -f
-        m[:3, 3] = -(m[:3, :3] @ p)
+        (rx, ry, rz), (ux, uy, uz), (fx, fy, fz) = self._basis_floats()
+        m = np.array([[rx, ry, rz, 0.0], [ux, uy, uz, 0.0], [-fx, -fy, -fz, 0.0], [0.0, 0.0, 0.0, 1.0]])
+        m[:3, 3] = -(m[:3, :3] @ np.asarray(self.position, np.float64))
         return m
 
     def projection_matrix(self) -> np.ndarray:
@@ -152,7 +154,7 @@ class Camera:
         (0 when looking along +z, +90 degrees when looking along +x); pitch = asin(f_y) is its
         elevation (positive when looking up).
         """
-        _, _, f = self.basis()
+        f = self._basis_floats()[2]
         yaw = math.atan2(f[0], f[2])
         pitch = math.asin(max(-1.0, min(1.0, f[1])))
         return np.array([*self.position, math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)],

@@ -7,6 +7,7 @@ validating loader as a file, so a generated scene written back to TOML reloads i
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -157,7 +158,7 @@ def rooms_ring_description(rng=None, min_objects: int = 1, max_objects: int = 3,
     theta = rng.uniform(math.radians(25), math.radians(60))  # from the zenith
     phi = rng.uniform(0, 2 * math.pi)
     direction = -np.array([math.sin(theta) * math.cos(phi), math.cos(theta), math.sin(theta) * math.sin(phi)])
-    cam = rooms_ring_cameras(np.random.default_rng(0), 1, width, height)[0]
+    cam = _rooms_ring_default_camera(width, height)
     return {
         "camera": _camera(cam.position, cam.look_at, cam.fov, width, height),
         "materials": materials,
@@ -165,6 +166,12 @@ def rooms_ring_description(rng=None, min_objects: int = 1, max_objects: int = 3,
         "lights": [{"type": "directional", "direction": _f(direction), "irradiance": [2.5, 2.5, 2.5]}],
         "environment": {"radiance": [0.3, 0.3, 0.3]},
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _rooms_ring_default_camera(width: int, height: int) -> Camera:
+    """The scene's own camera (the first of seed 0's ring), the same for every scene of a size."""
+    return rooms_ring_cameras(np.random.default_rng(0), 1, width, height)[0]
 
 
 def rooms_ring_cameras(rng, n: int, width: int = 64, height: int = 64) -> list[Camera]:

@@ -96,7 +96,7 @@ def _view_arrays(camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = np.asarray(camera.position, np.float64)
     dvec = np.array([f[0], f[1], f[2], -f @ p])  # depth along the forward axis
     tan_half = math.tan(math.radians(camera.fov) / 2.0)
-    cam = np.concatenate([p, r, u, f, [tan_half, camera.aspect]])
+    cam = np.array([*camera.position, *r, *u, *f, tan_half, camera.aspect])
     return M, dvec, cam
 
 
