@@ -232,7 +232,10 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
 
     Complete shards already on disk whose checksums hold are kept; half-written ones are removed.
     After every shard the manifest (``manifest.json``, or ``manifest.part-i-of-n.json`` for one of n
-    processes; join those with ``merge``) is rewritten atomically. Returns the manifest.
+    processes) is rewritten atomically. Each of n processes ends by joining the parts (``merge``)
+    if every shard is done, so the last one to finish writes ``manifest.json``: the split needs no
+    coordination beyond the shared seed and folder. Returns this process's manifest, with
+    ``"merged": True`` when it wrote ``manifest.json`` for all the parts.
     workers: processes rendering shards at once (0: ``auto_workers``); the bytes do not depend on it.
     """
     config.check()
@@ -286,6 +289,8 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
         if bar is not None:
             bar.close()
     manifest["seconds"] = round(time.perf_counter() - t_start, 3)  # informative only; not checksummed
+    if num_shards > 1:
+        manifest["merged"] = merge(out, if_complete=True) is not None
     return manifest
 
 
@@ -340,9 +345,11 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
     report()
 
 
-def merge(out: str | Path) -> dict[str, Any]:
+def merge(out: str | Path, if_complete: bool = False) -> dict[str, Any] | None:
     """Join ``manifest.part-*.json`` files of a distributed run into ``manifest.json`` (checking they
-    share settings and together cover every shard); returns the merged manifest."""
+    share settings and together cover every shard); returns the merged manifest.
+    if_complete: return None instead of refusing when some shards are not done yet (what every
+    part does when it finishes, so that the last one to finish writes manifest.json)."""
     out = Path(out)
     parts = sorted(out.glob("manifest.part-*.json"))
     base = None
@@ -351,7 +358,10 @@ def merge(out: str | Path) -> dict[str, Any]:
         base = read_manifest(out)
         shards.update(base.get("shards", {}))
     for p in parts:
-        m = json.loads(p.read_text())
+        try:
+            m = json.loads(p.read_text())
+        except FileNotFoundError:  # another part finishing at the same moment merged it already
+            continue
         if base is None:
             base = m
         elif diff := _settings_diff(m, base):
@@ -361,13 +371,15 @@ def merge(out: str | Path) -> dict[str, Any]:
     if base is None:
         raise ShardError(f"{out}: no manifest.json or manifest.part-*.json to merge")
     missing = [j for j in range(base["num_shards"]) if str(j) not in shards]
+    if missing and if_complete:
+        return None
     if missing:
         raise ShardError(f"{out}: shards {', '.join(shard_name(j) for j in missing[:5])}"
                          f"{' …' if len(missing) > 5 else ''} are not done yet; finish every --shard-index first")
     merged = {**base, "shards": {str(j): shards[str(j)] for j in range(base["num_shards"])}}
     write_manifest(out, merged)
     for p in parts:
-        p.unlink()
+        p.unlink(missing_ok=True)
     return merged
 
 

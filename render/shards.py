@@ -127,8 +127,9 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     path = Path(root) / "manifest.json"
     if not path.is_file():
         if any(Path(root).glob("manifest.part-*.json")):
-            raise ShardError(f"{path}: missing; this folder holds the parts of a distributed run: join them "
-                             f"with `trirender dataset merge {root}` once every part is done")
+            raise ShardError(f"{path}: missing; this folder holds parts of a distributed run that is not "
+                             "finished (the last part to finish writes manifest.json; parts finished apart "
+                             f"and copied here are joined by `trirender dataset merge {root}`)")
         raise ShardError(f"{path}: missing; expected a dataset folder made by `trirender dataset generate`")
     try:
         m = json.loads(path.read_text())

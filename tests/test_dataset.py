@@ -4,6 +4,7 @@ torch loader's shapes and conventions, and re-rendering from the stored scene re
 import filecmp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,12 +52,21 @@ def test_layout_and_manifest(reference):
 
 def test_shard_splits_and_workers_give_the_same_bytes(reference, tmp_path):
     split = tmp_path / "split"
-    for i in range(3):  # three "machines" sharing one folder
-        generate(CFG, split, shard_index=i, num_shards=3, progress=False)
-    with pytest.raises(ShardError, match="manifest.json: missing"):
-        verify(split)
-    merge(split)
+    for i in range(3):  # three "machines" sharing one folder: the last to finish joins the parts
+        m = generate(CFG, split, shard_index=i, num_shards=3, progress=False)
+        assert m["merged"] == (i == 2)
+        if i < 2:
+            with pytest.raises(ShardError, match="manifest.json: missing.*dataset merge"):
+                verify(split)
+    assert not list(split.glob("manifest.part-*")) and verify(split) == []
     same_tree(reference, split)
+    # parts finished apart (their folders copied together by hand) are joined by merge
+    apart = tmp_path / "apart"
+    for i in range(3):
+        generate(CFG, tmp_path / f"machine{i}", shard_index=i, num_shards=3, progress=False)
+        shutil.copytree(tmp_path / f"machine{i}", apart, dirs_exist_ok=True)
+    merge(apart)
+    same_tree(reference, apart)
     pool = tmp_path / "pool"
     generate(CFG, pool, workers=2, progress=False)
     same_tree(reference, pool)
@@ -127,8 +137,6 @@ def test_resume_after_kill_9_is_byte_identical(reference, tmp_path):
 
 
 def test_corrupt_shard_is_named(reference, tmp_path):
-    import shutil
-
     from neural.data import SceneViews
 
     bad = tmp_path / "bad"
@@ -243,10 +251,11 @@ def test_path_datasets_keep_to_the_backend_they_started_on(tmp_path):
     (tmp_path / "one" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ShardError, match="render_settings.path_backend"):
         generate(cfg, tmp_path / "one", progress=False)
-    # two halves of a distributed run, one of them (as if) rendered on the other backend
+    # two halves of a distributed run rendered apart, one of them (as if) on the other backend
     parts = tmp_path / "parts"
     for i in range(2):
-        generate(cfg, parts, shard_index=i, num_shards=2, progress=False)
+        generate(cfg, tmp_path / f"half{i}", shard_index=i, num_shards=2, progress=False)
+        shutil.copytree(tmp_path / f"half{i}", parts, dirs_exist_ok=True)
     p1 = parts / "manifest.part-1-of-2.json"
     m1 = json.loads(p1.read_text())
     m1["render_settings"]["path_backend"] = other

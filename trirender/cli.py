@@ -387,7 +387,9 @@ def dataset_generate(
     cfg = DatasetConfig(family, scenes, views, size, renderer, spp, max_depth, ssaa, seed, shard_size)
     m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
     n = sum(min(cfg.scenes, (int(j) + 1) * cfg.shard_size) - int(j) * cfg.shard_size for j in m["shards"])
-    part = "" if num_shards == 1 else f" (part {shard_index} of {num_shards}; run `trirender dataset merge {out_dir}` when all are done)"
+    part = ("" if num_shards == 1 else f" (part {shard_index} of {num_shards}; "
+            + ("every part is done: manifest.json written)" if m.get("merged") else
+               "the last part to finish writes manifest.json)"))
     out.print(f"{out_dir}: {n} scenes x {views} views in {len(m['shards'])} shard(s), {m['seconds']:.1f}s{part}")
 
 
