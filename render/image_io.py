@@ -7,6 +7,7 @@ Every write is atomic: the file is written under a temporary name in the same fo
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,11 +35,15 @@ def srgb8_reference(linear: np.ndarray) -> np.ndarray:
 
 
 def to_srgb8(linear: np.ndarray) -> np.ndarray:
-    """Linear float image -> uint8 sRGB (rounded to nearest): ``srgb8_reference``'s codes through a
-    table (``render.srgb8``, several times faster; NaN gives 0)."""
-    from .srgb8 import to_srgb8_fast
+    """Linear float image -> uint8 sRGB (rounded to nearest): ``srgb8_reference``'s codes. Through
+    ``render.srgb8``'s table (2-4x faster) once numba is loaded anyway (the rasterizer, dataset
+    generation) or for big images; otherwise numpy, so that writing one PNG does not import numba.
+    Both give the same codes; NaN gives 0."""
+    if "numba" in sys.modules or np.size(linear) >= 1 << 22:
+        from .srgb8 import to_srgb8_fast
 
-    return to_srgb8_fast(linear)
+        return to_srgb8_fast(linear)
+    return srgb8_reference(linear)
 
 
 def _umask() -> int:

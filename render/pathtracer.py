@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
-from .notice import notice_if_slow
 from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
+from .notice import notice_if_slow
 from .scene import EMITTER, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
@@ -326,7 +326,8 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
 
     spp: samples per pixel (box filter: each sample is uniform over its pixel).
     max_depth: path segments, as Mitsuba's ``path``: 0 = black (the AOVs are still written),
-        1 = emitters seen directly, 2 = + direct light, -1 = unbounded (Russian roulette ends paths; it starts at depth 5 in every case).
+        1 = emitters seen directly, 2 = + direct light, -1 = unbounded (Russian roulette ends
+        paths; it starts at depth 5 in every case).
     seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend): the same
         seed gives the same image bit for bit, whatever the thread count or time budget split.
     backend: "cpu", "gpu" (CUDA) or "auto" (CUDA if present, else CPU).
