@@ -36,6 +36,7 @@ from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numba
+from numba.core import event as numba_event
 import numpy as np
 
 from .camera import Camera
@@ -443,9 +444,11 @@ _warm = False
 
 
 def warm_up() -> float:
-    """Compile every rasterizer kernel on a one-triangle scene, or load it from numba's cache
-    (``NUMBA_CACHE_DIR``); returns the seconds spent (0 when this process already did). Other
-    processes then load the cache."""
+    """Compile the kernels rendering uses (the views kernel in its serial and parallel forms, shadow
+    maps, bounds) on a one-triangle scene, or load them from numba's cache (``NUMBA_CACHE_DIR``);
+    returns the seconds spent (0 when this process already did). For a process that starts others
+    (dataset generation), which then load the cache instead of compiling at once. A plain render
+    does not need it: each kernel compiles at its first call, only those the call uses."""
     global _warm
     if _warm:
         return 0.0
@@ -468,10 +471,7 @@ def warm_up() -> float:
     twin = dataclasses.replace(tiny)  # a second scene object, so the batch path merges two packs
     _render([(tiny, tiny.camera)], 1, True, 2, 8, 8, False)
     _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
-    cam = tiny.camera
-    M, d, _ = _view_arrays(cam)
-    K.coverage_count(K.corner_rows(p), K.chunk_bounds(np.array(p)), np.zeros(2, np.int32), M, d, 4, 4)
-    _all_behind_near(tiny, cam)
+    _all_behind_near(tiny, tiny.camera)
     return time.perf_counter() - t0
 
 
@@ -590,13 +590,30 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     workers = numba.config.NUMBA_NUM_THREADS  # visibility buffers: one per pool thread at most
     for (h, w), n in _sizes(pairs).items():
         _check_request(w, h, ssaa, n, workers)
-    compile_s = warm_up()
     t0 = time.perf_counter()
+    # numba compiles (or loads from its cache) each kernel at its first call: only the kernels this
+    # call needs. Both happen under numba's compiler lock, whose events time them apart from the
+    # rendering.
+    with numba_event.install_listener("numba:compiler_lock", numba_event.TimingListener()) as clock:
+        frames = _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution,
+                               parallel, aovs)
+    compile_s = clock.duration if clock.done else 0.0
+    if not aovs:
+        return frames
+    elapsed = time.perf_counter() - t0 - compile_s
+    for f in frames:
+        f.meta.update(renderer="raster", ssaa=ssaa, shadows=bool(shadows), compile_seconds=compile_s,
+                      render_seconds=elapsed, views=len(pairs))
+    return frames
+
+
+def _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel,
+                  aovs) -> list:
     settings = (bool(shadows), int(area_samples), int(shadow_resolution), int(directional_resolution))
     keep, packs, straddles = [], {}, set()
     for k, (s, c) in enumerate(pairs):
         if s.num_triangles == 0:
-            warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=3)
+            warnings.warn(f"{s.source}: the scene has no triangles; the frame is empty", stacklevel=4)
             continue
         if id(s) not in packs:  # pairs keeps every scene alive, so its id is stable for this call
             packs[id(s)] = _pack(s, *settings)
@@ -618,17 +635,12 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     if not aovs:
         return [f if f is not None else np.zeros((c.height, c.width, 3), np.float32)
                 for f, (_, c) in zip(frames, pairs)]
-    frames = [f if f is not None else Frame.empty(c.height, c.width) for f, (_, c) in zip(frames, pairs)]
-    elapsed = time.perf_counter() - t0
-    for f in frames:
-        f.meta.update(renderer="raster", ssaa=ssaa, shadows=bool(shadows), compile_seconds=compile_s,
-                      render_seconds=elapsed, views=len(pairs))
-    return frames
+    return [f if f is not None else Frame.empty(c.height, c.width) for f, (_, c) in zip(frames, pairs)]
 
 
 def _warn_near(scene: Scene, camera: Camera) -> None:
     warnings.warn(f"{scene.source}: every triangle is closer to the camera than its near plane "
-                  f"({camera.near} m); the frame is empty", stacklevel=4)
+                  f"({camera.near} m); the frame is empty", stacklevel=5)
 
 
 def _sizes(pairs) -> dict[tuple[int, int], int]:
@@ -666,7 +678,6 @@ def coverage(scene: Scene, camera: Camera | None = None, cull: bool = True) -> n
     """(H, W) int32: fragments each pixel receives with no depth test (watertightness diagnostics).
     cull: apply back-face culling to one-sided materials as ``rasterize`` does."""
     camera = camera or scene.camera
-    warm_up()
     M, d, _ = _view_arrays(camera)
     pts, chunks, one_sided = _raw_geometry(scene)
     tri_cull = one_sided if cull else np.zeros(scene.num_triangles, np.int32)
@@ -679,7 +690,6 @@ def visibility(scene: Scene, camera: Camera | None = None) -> tuple[np.ndarray, 
     used to compare triangle ids with other rasterizers."""
     camera = camera or scene.camera
     _check_request(camera.width, camera.height, 1)
-    warm_up()
     M, d, _ = _view_arrays(camera)
     pts, chunks, one_sided = _raw_geometry(scene)
     h, w = camera.height, camera.width

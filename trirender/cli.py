@@ -171,13 +171,10 @@ def render_cmd(
         _check_ssaa(ssaa)
         from render import rasterize
         from render.notice import notice_if_slow
-        from render.rasterizer import warm_up
 
-        with notice_if_slow("compiling the rasterizer's numba kernels (first run only, about a minute; later runs "
-                            "load them from numba's cache)"):
-            compile_seconds = warm_up()
-        frame = rasterize(s, cam, ssaa=ssaa, shadows=shadows)
-        frame.meta["compile_seconds"] = compile_seconds
+        with notice_if_slow("compiling the rasterizer's numba kernels (first run only, about half a minute; later "
+                            "runs load them from numba's cache)"):
+            frame = rasterize(s, cam, ssaa=ssaa, shadows=shadows)
     else:
         from render import pathtrace
 
