@@ -322,7 +322,9 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
     if config.renderer in ("raster", "both"):
         from .rasterizer import warm_up
 
-        warm_up()  # compile (or load) the kernels here first, so the workers find them in numba's cache
+        # compile (or load) the kernels here first, so the workers find them in numba's cache: the
+        # serial views kernel when every process runs on one core (as with the default workers)
+        warm_up(parallel=threads > 1)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, before))
     try:

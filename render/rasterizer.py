@@ -443,12 +443,13 @@ def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
 _warm = False
 
 
-def warm_up() -> float:
-    """Compile the kernels rendering uses (the views kernel in its serial and parallel forms, shadow
-    maps, bounds) on a one-triangle scene, or load them from numba's cache (``NUMBA_CACHE_DIR``);
-    returns the seconds spent (0 when this process already did). For a process that starts others
-    (dataset generation), which then load the cache instead of compiling at once. A plain render
-    does not need it: each kernel compiles at its first call, only those the call uses."""
+def warm_up(parallel: bool | None = None) -> float:
+    """Compile the kernels rendering uses (shadow maps, bounds and the views kernel: its serial form,
+    its parallel one, or with None both) on a one-triangle scene, or load them from numba's cache
+    (``NUMBA_CACHE_DIR``); returns the seconds spent (0 when this process already did). For a
+    process that starts others (dataset generation), which then load the cache instead of all
+    compiling at once. A plain render does not need it: each kernel compiles at its first call,
+    only those the call uses."""
     global _warm
     if _warm:
         return 0.0
@@ -469,8 +470,10 @@ def warm_up() -> float:
                  textures=(np.ones((2, 2, 3), np.float32),))
     _warm = True  # set first: the calls below go through the public path
     twin = dataclasses.replace(tiny)  # a second scene object, so the batch path merges two packs
-    _render([(tiny, tiny.camera)], 1, True, 2, 8, 8, False)
-    _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
+    if parallel is not True:  # the serial views kernel (and shadow maps)
+        _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, False)
+    if parallel is not False:  # the parallel one (one view per thread; with one thread the serial)
+        _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
     _all_behind_near(tiny, tiny.camera)
     return time.perf_counter() - t0
 
