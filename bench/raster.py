@@ -233,7 +233,10 @@ def main(argv=None) -> dict:
     result["settings"]["small"]["triangles_mean"] = tris_small
     result["settings"]["big"]["triangles"] = big.num_triangles
 
-    rasterize(big, shadows=False)  # compile / load kernels outside the timings
+    from render.rasterizer import warm_up
+
+    warm_up()  # compile / load every kernel outside the timings (they otherwise compile at first use)
+    rasterize(big, shadows=False)
     rasterize_batch(small[:2], shadows=False)
     import numba
 
