@@ -27,6 +27,10 @@ def gen_rate(renderer: str, scenes: int, size: int, views: int, spp: int, root: 
     from render.dataset import DatasetConfig, generate
 
     t0 = time.perf_counter()  # warm-up: compile (or load cached kernels) on a tiny dataset
+    if renderer in ("raster", "both"):
+        from render.rasterizer import warm_up
+
+        warm_up()  # every rasterizer kernel: the timed run's processes may use either views kernel
     generate(DatasetConfig("rooms_ring", scenes=2, views=2, size=size, renderer=renderer, spp=spp, shard_size=2, seed=99),
              root / f"warm-{renderer}", progress=False)
     warm = time.perf_counter() - t0
