@@ -590,8 +590,10 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
             L += beta * Le * w
         if max_depth >= 0 and depth + 1 >= max_depth:
             break  # (max_depth 0 ends here too, with nothing gathered: a black image, as in Mitsuba)
-        if not front and mat_f[m, 15] == 0.0:
-            break  # the back of a one-sided material (emitters by default) reflects nothing; it still occludes
+        if not front and mat_f[m, 15] == 0.0 and mtype != GLASS:
+            # the back of a one-sided material (emitters by default) reflects nothing; it still
+            # occludes. Glass has two sides by nature (rays inside it meet its back faces).
+            break
         # two-sided materials scatter on both sides: work on the side the ray arrived from
         if not front:
             ng = -ng

@@ -50,8 +50,9 @@ class Material:
     texture_file: the file that texture came from (kept for writing the scene back).
     checker: a checkerboard replacing the base colour, or None.
     two_sided: scatters light on both sides. One-sided (False): the rasterizer culls back faces
-        (OpenGL), the path tracer sees them black but opaque (Mitsuba's one-sided BSDFs); emitters
-        emit from the front face only either way.
+        (OpenGL), the path tracer sees them black but opaque (Mitsuba's one-sided BSDFs; glass
+        keeps both sides there, as a dielectric does); emitters emit from the front face only
+        either way.
     """
 
     name: str

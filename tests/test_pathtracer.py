@@ -105,6 +105,18 @@ def test_one_sided_material_is_black_but_opaque_from_behind():
     m, se = mean_and_stderr(two.rgb[hit])
     assert np.all(np.abs(m - 0.5) < 5 * se + 1e-4) and two.rgb[hit].min() > 0.25, (m, se)
     np.testing.assert_array_equal(one.rgb[interior(one.object_id < 0)], 1.0)
+    # glass has both sides by nature (a refracted ray meets the inside of its far surface): the flag
+    # changes nothing there
+    def ball(two_sided):
+        return render.scene_from_dict({
+            "camera": cam((0, 0, 3), (0, 0, 0), fov=40, size=24),
+            "materials": {"g": {"type": "glass", "ior": 1.5, "two_sided": two_sided}},
+            "objects": [{"shape": "sphere", "radius": 0.8, "subdivisions": 2, "material": "g"}],
+            "environment": {"radiance": [1.0, 1.0, 1.0]},
+        })
+    g1, g2 = trace(ball(False), spp=4, max_depth=-1), trace(ball(True), spp=4, max_depth=-1)
+    np.testing.assert_array_equal(g1.rgb, g2.rgb)
+    assert g1.rgb[interior(g1.object_id == 0)].mean() > 0.9  # a clear ball in a white furnace stays white
 
 
 @pytest.mark.parametrize("albedo,max_depth", [(0.5, 1), (0.5, 2), (0.5, 3), (0.5, 8), (0.5, -1), (1.0, 4)])
