@@ -246,9 +246,9 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     manifest = config.manifest()
     manifest["render_settings"].update(_path_backend(config))
     _check_same_settings(out, manifest)
-    clean_temporaries(out)
-    manifest["shards"] = {}
     mine = [j for j in range(config.num_shards) if j % num_shards == shard_index]
+    clean_temporaries(out, mine)  # only this process's: the other parts may be writing theirs
+    manifest["shards"] = {}
     todo = []
     for j in mine:
         if (out / shard_name(j) / "shard.json").is_file() and verify_shard(out, j) is None:
@@ -325,6 +325,9 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
         # compile (or load) the kernels here first, so the workers find them in numba's cache: the
         # serial views kernel when every process runs on one core (as with the default workers)
         warm_up(parallel=threads > 1)
+    from .srgb8 import to_srgb8_fast
+
+    to_srgb8_fast(np.zeros(3, np.float32))  # and the 8-bit encoding
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, before))
     try:
@@ -371,6 +374,8 @@ def merge(out: str | Path, if_complete: bool = False) -> dict[str, Any] | None:
                              f"({', '.join(diff)} differ)")
         shards.update(m.get("shards", {}))
     if base is None:
+        if if_complete:  # every part vanished between listing and reading: another process merged them
+            return None
         raise ShardError(f"{out}: no manifest.json or manifest.part-*.json to merge")
     missing = [j for j in range(base["num_shards"]) if str(j) not in shards]
     if missing and if_complete:

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -114,12 +114,15 @@ def verify_shard(root: str | Path, index: int, expected: str | None = None) -> s
     return None
 
 
-def clean_temporaries(root: str | Path) -> int:
-    """Remove half-written shards left by an interrupted run; returns how many."""
+def clean_temporaries(root: str | Path, shards: Iterable[int] | None = None) -> int:
+    """Remove half-written shards left by an interrupted run (only those of ``shards`` when given:
+    another process sharing the folder may be writing its own right now); returns how many."""
+    mine = None if shards is None else {shard_name(j) for j in shards}
     n = 0
     for p in Path(root).glob(".shard-*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-        n += 1
+        if mine is None or p.name[1:].split(".tmp-")[0] in mine:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
     return n
 
 

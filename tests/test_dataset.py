@@ -72,6 +72,20 @@ def test_shard_splits_and_workers_give_the_same_bytes(reference, tmp_path):
     same_tree(reference, pool)
 
 
+def test_a_starting_part_leaves_the_other_parts_temporaries_alone(reference, tmp_path):
+    # part 1 of 2 is (as if) writing shard 1 when part 0 starts in the same folder
+    busy = tmp_path / ".shard-00001.tmp-writing"
+    busy.mkdir()
+    (busy / "images.npy").write_bytes(b"half")
+    stale = tmp_path / ".shard-00002.tmp-crashed"  # part 0's own leftover from a killed run
+    stale.mkdir()
+    generate(CFG, tmp_path, shard_index=0, num_shards=2, progress=False)
+    assert busy.is_dir() and not stale.exists()
+    generate(CFG, tmp_path, shard_index=1, num_shards=2, progress=False)  # its own, when it starts again
+    assert not list(tmp_path.glob(".shard-*")) and verify(tmp_path) == []
+    same_tree(reference, tmp_path)
+
+
 def test_merge_refuses_an_unfinished_split(tmp_path):
     generate(CFG, tmp_path, shard_index=0, num_shards=2, progress=False)
     with pytest.raises(ShardError, match="shard-00001.*not done"):
