@@ -440,7 +440,7 @@ def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
 
 
 # --- compilation bookkeeping ------------------------------------------------------------------------
-_warm = False
+_warmed: set[str] = set()  # the views kernels warm_up compiled in this process
 
 
 def warm_up(parallel: bool | None = None) -> float:
@@ -450,8 +450,8 @@ def warm_up(parallel: bool | None = None) -> float:
     process that starts others (dataset generation), which then load the cache instead of all
     compiling at once. A plain render does not need it: each kernel compiles at its first call,
     only those the call uses."""
-    global _warm
-    if _warm:
+    want = {"serial", "parallel"} if parallel is None else {"parallel" if parallel else "serial"}
+    if want <= _warmed:
         return 0.0
     from .scene import Environment, Light, Material, SceneObject
 
@@ -468,12 +468,12 @@ def warm_up(parallel: bool | None = None) -> float:
                  environment=Environment(radiance=(0.1, 0.1, 0.1), image=np.ones((2, 4, 3), np.float32)),
                  cameras=(Camera((0, 0, 0), (0, 0, -1), width=4, height=4),),
                  textures=(np.ones((2, 2, 3), np.float32),))
-    _warm = True  # set first: the calls below go through the public path
     twin = dataclasses.replace(tiny)  # a second scene object, so the batch path merges two packs
-    if parallel is not True:  # the serial views kernel (and shadow maps)
+    if "serial" in want:  # the serial views kernel (and shadow maps)
         _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, False)
-    if parallel is not False:  # the parallel one (one view per thread; with one thread the serial)
+    if "parallel" in want:  # the parallel one (one view per thread; with one thread the serial)
         _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
+    _warmed.update(want)
     _all_behind_near(tiny, tiny.camera)
     return time.perf_counter() - t0
 
@@ -597,17 +597,38 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     # numba compiles (or loads from its cache) each kernel at its first call: only the kernels this
     # call needs. Both happen under numba's compiler lock, whose events time them apart from the
     # rendering.
-    with numba_event.install_listener("numba:compiler_lock", numba_event.TimingListener()) as clock:
+    with numba_event.install_listener("numba:compiler_lock", _CompileClock()) as clock:
         frames = _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution,
                                parallel, aovs)
-    compile_s = clock.duration if clock.done else 0.0
+    compile_s = clock.seconds
     if not aovs:
         return frames
-    elapsed = time.perf_counter() - t0 - compile_s
+    elapsed = max(time.perf_counter() - t0 - compile_s, 0.0)
     for f in frames:
         f.meta.update(renderer="raster", ssaa=ssaa, shadows=bool(shadows), compile_seconds=compile_s,
                       render_seconds=elapsed, views=len(pairs))
     return frames
+
+
+class _CompileClock(numba_event.Listener):
+    """Seconds the installing thread holds numba's compiler lock (compiling a kernel or loading it
+    from the cache). numba's listeners hear every thread; another thread's events are ignored, and
+    time spent waiting for the lock while another thread compiles counts as rendering."""
+
+    def __init__(self):
+        self.thread, self.depth, self.seconds, self.t0 = threading.get_ident(), 0, 0.0, 0.0
+
+    def on_start(self, event):
+        if threading.get_ident() == self.thread:
+            if self.depth == 0:
+                self.t0 = time.perf_counter()
+            self.depth += 1
+
+    def on_end(self, event):
+        if threading.get_ident() == self.thread:
+            self.depth -= 1
+            if self.depth == 0:
+                self.seconds += time.perf_counter() - self.t0
 
 
 def _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel,
