@@ -178,7 +178,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-mitsuba", action="store_true")
     ap.add_argument("--mitsuba-variants", default="llvm_ad_rgb,scalar_rgb",
                     help="comma-separated; the first is the main rival (e.g. cuda_ad_rgb,llvm_ad_rgb on a GPU)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pathtracer.json")
+    from bench.common import RESULTS  # bench/results in a checkout, ./bench_results when installed
+
+    ap.add_argument("--out", type=Path, default=RESULTS / "pathtracer.json")
     a = ap.parse_args(argv)
 
     import render

@@ -214,7 +214,9 @@ def machine() -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer views and repeats")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "raster.json"))
+    from bench.common import RESULTS  # bench/results in a checkout, ./bench_results when installed
+
+    ap.add_argument("--out", default=str(RESULTS / "raster.json"))
     ap.add_argument("--no-compile", action="store_true", help="skip the cold-compile subprocess")
     args = ap.parse_args(argv)
     n_scenes, per_scene, repeats = (4, 16, 2) if args.quick else (8, 32, 5)

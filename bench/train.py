@@ -123,7 +123,10 @@ def main(argv=None) -> None:
                          "(default: the flags above, plus an amp+channels-last row on a GPU)")
     ap.add_argument("--child-timeout", type=float, default=0, help="seconds per configuration (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import RESULTS  # bench/results in a checkout, ./bench_results when installed
+
+    ap.add_argument("--out", default=str(RESULTS / "train.json"))
     ap.add_argument("--append", action="store_true", help="Add these rows to the results already in --out")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args(argv)

@@ -58,4 +58,4 @@ def to_srgb8_fast(linear: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(linear, np.float32)
     out = np.empty(x.shape, np.uint8)
     _encode(x.reshape(-1), *tables(), out.reshape(-1))
-    return out
+    return out.reshape(np.shape(linear))[()]  # a scalar for a scalar, as numpy gives

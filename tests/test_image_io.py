@@ -50,6 +50,7 @@ def test_srgb8_table_gives_the_reference_codes():
     assert to_srgb8_fast(img).shape == img.shape and to_srgb8_fast(img).dtype == np.uint8
     np.testing.assert_array_equal(to_srgb8_fast(img), srgb8_reference(img))
     np.testing.assert_array_equal(to_srgb8(img), srgb8_reference(img))  # whichever way to_srgb8 goes
+    assert np.shape(to_srgb8_fast(0.5)) == () and to_srgb8_fast(0.5) == srgb8_reference(0.5) == 188
 
 
 @pytest.mark.slow

@@ -146,7 +146,7 @@ def render_cmd(
                                                    "-1 unbounded)."),
     seed: int = Seed,
     backend: Backend = typer.Option(Backend.auto, help="Path: cpu, gpu or auto."),
-    time_budget: Optional[float] = typer.Option(None, "--time", min=0.001, help="Path: stop at the last whole pass that ends "
+    time_budget: Optional[float] = typer.Option(None, "--time", help="Path: stop at the last whole pass that ends "
                                                 "within S seconds of wall time (start-up and compile included)."),
     aov: str = typer.Option("", help="Comma-separated AOVs written beside the image: depth,normal,albedo,id."),
     stats: Optional[Path] = typer.Option(None, help="Write timings and settings as JSON."),
