@@ -610,25 +610,27 @@ def _batch(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_re
     return frames
 
 
-class _CompileClock(numba_event.Listener):
-    """Seconds the installing thread holds numba's compiler lock (compiling a kernel or loading it
-    from the cache). numba's listeners hear every thread; another thread's events are ignored, and
-    time spent waiting for the lock while another thread compiles counts as rendering."""
+class _CompileClock(numba_event.TimingListener):
+    """numba's timer of an event, for the installing thread only: the seconds it holds numba's
+    compiler lock (compiling a kernel or loading it from the cache). numba's listeners hear every
+    thread; another thread's events are ignored, and time spent waiting for the lock while another
+    thread compiles counts as rendering."""
 
     def __init__(self):
-        self.thread, self.depth, self.seconds, self.t0 = threading.get_ident(), 0, 0.0, 0.0
+        super().__init__()
+        self.thread = threading.get_ident()
 
     def on_start(self, event):
         if threading.get_ident() == self.thread:
-            if self.depth == 0:
-                self.t0 = time.perf_counter()
-            self.depth += 1
+            super().on_start(event)
 
     def on_end(self, event):
         if threading.get_ident() == self.thread:
-            self.depth -= 1
-            if self.depth == 0:
-                self.seconds += time.perf_counter() - self.t0
+            super().on_end(event)
+
+    @property
+    def seconds(self) -> float:
+        return self.duration if self.done else 0.0
 
 
 def _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directional_resolution, parallel,
@@ -694,7 +696,7 @@ def _raw_geometry(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (T,) int32 1 where a triangle's material is one-sided (back faces culled), for the diagnostics
     below that rasterize without packing or shading."""
     pos = np.array(scene.positions, np.float32)
-    two = np.array([m.two_sided for m in scene.materials], np.int32)[scene.material_id]
+    two = scene.material_arrays()["two_sided"][scene.material_id]
     return K.corner_rows(pos), K.chunk_bounds(pos), (1 - two).astype(np.int32)
 
 
