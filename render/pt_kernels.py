@@ -617,16 +617,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
             if g < area_group:
                 if mode != BSDF_ONLY:
                     # pick an emitter triangle by its share of emitted power (binary search of the CDF)
-                    ue = rand(state)
-                    lo = 0
-                    hi = n_emit - 1
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        if emit_cdf[mid] < ue:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    ke = emit_tri[lo]
+                    pick, _ = cdf_find(emit_cdf, 0, n_emit, rand(state))
+                    ke = emit_tri[pick]
                     su = ti.sqrt(ul1)
                     q = tri_v[3 * ke] + (1.0 - su) * tri_v[3 * ke + 1] + (su * ul2) * tri_v[3 * ke + 2]
                     to_l = q - p
