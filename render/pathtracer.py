@@ -37,7 +37,7 @@ LEAF_MAX = BLOCK  # triangles per BVH leaf at most: one SIMD block (tests raise 
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None, "compiled": set()}
-_packed_cache: "weakref.WeakKeyDictionary[Scene, dict]" = weakref.WeakKeyDictionary()
+_packed_cache: "weakref.WeakKeyDictionary[Scene, dict[bool, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
 
 
 # --- backend ---------------------------------------------------------------------------------------
@@ -94,9 +94,10 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
     if current is not None:
         ti.reset()
         _state.update(backend=None, device=None, kernels=None)
-        for packed in list(_packed_cache.values()):  # device copies belong to the old runtime
-            for key in [k for k in packed if isinstance(k, tuple)]:
-                del packed[key]
+        for layouts in list(_packed_cache.values()):  # device copies belong to the old runtime
+            for packed in layouts.values():
+                for key in [k for k in packed if isinstance(k, tuple)]:
+                    del packed[key]
     kwargs = dict(offline_cache=True, default_fp=ti.f32, default_ip=ti.i32, log_level=ti.WARN)
     used = None
     if backend in ("gpu", "auto") and _cuda_driver_loadable():
@@ -152,19 +153,36 @@ def _environment_distribution(image: np.ndarray, radiance) -> tuple[np.ndarray, 
     return (np.concatenate([row_cdf, col_cdf.ravel()]).astype(np.float32), pmf.ravel().astype(np.float32))
 
 
-def _pack(scene: Scene) -> dict[str, np.ndarray]:
-    """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order)."""
-    cached = _packed_cache.get(scene)
+def _simd_leaves(backend: str) -> bool:
+    """The BVH leaf layout the kernels use on a backend (``render.pt_kernels.intersect``'s simd).
+
+    On the CPU, leaves of up to BLOCK triangles tested together in SIMD lanes (LLVM vectorises the
+    block's test). On a GPU each thread is already one SIMT lane, and a block's 72 floats in
+    registers made the CUDA kernel 0.47x as fast as small leaves tested one by one
+    (bench/results/gpu), so there the BVH keeps render.bvh's one-by-one leaves."""
+    return backend == "cpu"
+
+
+def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
+    """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order),
+    with SIMD leaf blocks or one-by-one leaves (``_simd_leaves``)."""
+    cached = _packed_cache.setdefault(scene, {}).get(simd)
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    bvh = build_bvh(scene.positions, max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST)
+    if simd:
+        bvh = build_bvh(scene.positions, max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST)
+    else:
+        bvh = build_bvh(scene.positions)
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
     pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
     node_i = np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32)
-    tri_blk, node_i = _triangle_blocks(tri_v.reshape(-1, 3, 3), node_i)
+    if simd:
+        tri_blk, node_i = _triangle_blocks(tri_v.reshape(-1, 3, 3), node_i)
+    else:
+        tri_blk = np.zeros((1, 9, BLOCK), np.float32)  # unused placeholder: the kernels read tri_v
     tri_n = np.asarray(scene.normals, np.float32)[order].reshape(-1, 3)
     tri_uv = np.asarray(scene.uvs, np.float32)[order].reshape(-1, 2)
     tri_i = np.stack([scene.material_id[order], scene.object_id[order]], axis=1).astype(np.int32)
@@ -244,7 +262,7 @@ def _pack(scene: Scene) -> dict[str, np.ndarray]:
     if len(tri_blk) > MAX_BLOCKS:
         raise RenderError(f"{scene.num_triangles} triangles make {len(tri_blk)} BVH leaf blocks; the path "
                           f"tracer handles at most {MAX_BLOCKS}")
-    _packed_cache[scene] = packed
+    _packed_cache[scene][simd] = packed
     return packed
 
 
@@ -381,7 +399,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     k = _state["kernels"]
     with notice_if_slow(f"building the BVH over {scene.num_triangles} triangles (a first run also compiles its "
                         "numba code, cached afterwards)", after=2.0 if progress else None):
-        packed = _pack(scene)
+        packed = _pack(scene, simd := _simd_leaves(used))
     dev = _device_arrays(packed, used)
     params = packed["params"]
     W, H = cameras[0].width, cameras[0].height
@@ -420,7 +438,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     t_c = time.perf_counter()
     with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
                         "load it from Taichi's offline cache)", after=2.0 if progress else None):
-        k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params)
+        k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params, simd)
         ti.sync()
     compile_seconds = time.perf_counter() - t_c
 
@@ -440,7 +458,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
             if elapsed + last[1] * n / last[0] > time_budget:
                 break
         tp = time.perf_counter()
-        k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params)
+        k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params, simd)
         ti.sync()
         dt = time.perf_counter() - tp
         last = (n, dt)
@@ -475,13 +493,14 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
     Returns t (R,) float32 (inf on a miss) and the original triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
-    packed = _pack(scene)
+    packed = _pack(scene, simd := _simd_leaves(used))
     dev = _device_arrays(packed, used)
     o = np.ascontiguousarray(origins, np.float32)
     d = np.ascontiguousarray(directions, np.float32)
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
-    _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_blk"])
+    _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
+                                 dev["tri_blk"], simd)
     return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
 
 
@@ -493,7 +512,7 @@ def _probe_backend() -> None:
 def _environment_of(scene: Scene) -> tuple[dict, int, int]:
     """The scene's packed arrays and its environment map's width and height (it must have one)."""
     _probe_backend()
-    packed = _pack(scene)
+    packed = _pack(scene, _simd_leaves(_state["backend"]))
     env_tex = int(packed["params"][3])
     if env_tex < 0:
         raise RenderError(f"{scene.source}: the scene has no environment map")

@@ -13,9 +13,10 @@ Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH 
     tri_pdf  (T,)  f32    light-sampling density per unit area of an emitter triangle (0 otherwise):
                           P(area group) * P(triangle | group) / area
     node_lo, node_hi (N,) vec3, node_i (N,) ivec3 (a, b, axis): see render.bvh, except that a leaf's
-                          third entry is its first block in tri_blk
+                          third entry is its first block in tri_blk (SIMD leaves)
     tri_blk  (B,)  mat 9 x BLOCK  the leaves' triangles in blocks of BLOCK lanes (row c: v0 xyz, e1 xyz,
-                          e2 xyz); block j of a leaf holds its triangles a + BLOCK j + lane (empty lanes 0)
+                          e2 xyz); block j of a leaf holds its triangles a + BLOCK j + lane (empty lanes 0).
+                          SIMD leaves only (the CPU); on a GPU one empty placeholder block
     emit_tri (E,)  i32    emitter triangles; emit_cdf (E,) f32 their cumulative selection probability
     mat_i    (M,)  ivec3  (type, texture, checker)
     mat_f    (M, 16) f32  base rgb, radiance rgb, checker1 rgb, checker2 rgb, roughness, ior, checker scale,
@@ -178,11 +179,13 @@ def block_hit(o, d, b, best_t, tri_blk: ti.template()):
 
 @ti.func
 def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_hi: ti.template(),
-              node_i: ti.template(), tri_blk: ti.template()):
+              node_i: ti.template(), tri_v: ti.template(), tri_blk: ti.template(), simd: ti.template()):
     """Closest hit (or, with any_hit, any hit) in (0, t_max). Returns (t, triangle, b1, b2); triangle
     -1 when nothing is hit. Both faces are hit: culling belongs to the materials, not the geometry.
 
-    A leaf's triangles are tested BLOCK at a time (block_hit). At an inner node both children's
+    With simd (the CPU), a leaf's triangles are tested BLOCK at a time (block_hit, from tri_blk);
+    without (a GPU, whose threads are SIMT lanes already), one at a time from tri_v with early exits
+    (the BVH is then built for that: render.pathtracer._simd_leaves). At an inner node both children's
     boxes are tested: the nearer one is entered and the other is pushed with its entry distance, so
     a pushed node that now lies beyond the closest hit is skipped when popped (front-to-back order
     shrinks t_max early)."""
@@ -202,14 +205,40 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     while not done:
         info = node_i[node]
         if info[1] > 0:
-            # the leaf's triangles, BLOCK at a time (block j holds triangles a + BLOCK j + lane)
-            for j in range((info[1] + BLOCK - 1) // BLOCK):
-                t, lane, u, v = block_hit(o, d, info[2] + j, best_t, tri_blk)
-                if lane >= 0:
-                    best_t = t
-                    best = info[0] + BLOCK * j + lane
-                    bu = u
-                    bv = v
+            if ti.static(simd):
+                # the leaf's triangles, BLOCK at a time (block j holds triangles a + BLOCK j + lane)
+                for j in range((info[1] + BLOCK - 1) // BLOCK):
+                    t, lane, u, v = block_hit(o, d, info[2] + j, best_t, tri_blk)
+                    if lane >= 0:
+                        best_t = t
+                        best = info[0] + BLOCK * j + lane
+                        bu = u
+                        bv = v
+            else:
+                for k in range(info[0], info[0] + info[1]):
+                    v0 = tri_v[3 * k]
+                    e1 = tri_v[3 * k + 1]
+                    e2 = tri_v[3 * k + 2]
+                    # Möller–Trumbore with the barycentrics scaled by |det|: the division is paid
+                    # only for an accepted hit, not for each rejected triangle
+                    pv = d.cross(e2)
+                    det = e1.dot(pv)
+                    if det != 0.0:
+                        sgn = 1.0 if det > 0.0 else -1.0
+                        adet = det * sgn
+                        s = o - v0
+                        u = s.dot(pv) * sgn
+                        if u >= 0.0 and u <= adet:
+                            q = s.cross(e1)
+                            v = d.dot(q) * sgn
+                            if v >= 0.0 and u + v <= adet:
+                                t = e2.dot(q) * sgn
+                                if t > 0.0 and t < best_t * adet:
+                                    idet = 1.0 / adet
+                                    best_t = t * idet
+                                    best = k
+                                    bu = u * idet
+                                    bv = v * idet
             if any_hit and best >= 0:
                 done = True
             # pop the next node that still lies in front of the closest hit
@@ -516,7 +545,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
              tri_blk: ti.template(), emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(),
              mat_f: ti.template(),
              tex: ti.template(), tex_info: ti.template(), light_i: ti.template(), light_f: ti.template(),
-             env_cdf: ti.template(), env_pmf: ti.template(), params: ti.template()):
+             env_cdf: ti.template(), env_pmf: ti.template(), params: ti.template(), simd: ti.template()):
     """Li(o, d): radiance arriving at o from direction -d, by unidirectional path tracing with
     next-event estimation; both strategies are combined by the power heuristic (mode MIS).
 
@@ -546,7 +575,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
     prev_delta = 1  # that sample was a delta lobe (or the camera): no MIS for what it hits
     depth = 0  # segments traced before the current one
     while True:
-        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_blk)
+        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
         if k < 0:
             if aov:
                 depth_aov[pix] = ti.math.inf
@@ -665,7 +694,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
                     t_sh = dist * (1.0 - 1e-3) if dist < 1.0e30 else 1.0e30
-                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_blk)
+                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
                     if blocker < 0:
                         L += beta * fc * Li * w
         # ---- BSDF sampling: the next segment ----
@@ -712,14 +741,14 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
                 mode: ti.i32, tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, tri_i: NDI2, tri_pdf: NDF,
                 node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_blk: NDB, emit_tri: NDI, emit_cdf: NDF,
                 mat_i: NDI3, mat_f: ND2F, tex: NDV3, tex_info: NDI3, light_i: NDI, light_f: NDV3,
-                env_cdf: NDF, env_pmf: NDF, params: NDF):
+                env_cdf: NDF, env_pmf: NDF, params: NDF, simd: ti.template()):
     """Add ``spp`` samples (indices sample0 ..) of every pixel of ``views`` views of one scene to accum
     (V*H*W,) vec3 (sum of radiance); view v has camera cams[v] and seed seeds[v], and its pixels are
     the same numbers whether it is rendered alone or with others (the random stream of a sample
     depends on (seed, pixel, sample) only). Box pixel filter: each sample is uniform over its pixel.
     The pass that starts at sample 0 also writes the first-hit AOVs (depth, normal, albedo, obj;
     (V*H*W,) each) through the pixel centres. One kernel does both so that a warm start loads a
-    single kernel from the offline cache."""
+    single kernel from the offline cache. simd: the BVH's leaf layout (see intersect)."""
     for q in range(views * width * height):
         v = q // (width * height)
         pix = q % (width * height)
@@ -738,16 +767,17 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
             o, d, fwd = camera_ray(cams, v, col + jx, row + jy, width, height)
             acc += radiance(o, d, fwd, state, max_depth, mode, q, s < 0, depth, normal, albedo, obj,
                             tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, tri_blk, emit_tri, emit_cdf,
-                            mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params)
+                            mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params, simd)
         accum[q] += acc
 
 
 @ti.kernel
 def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
-               node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_blk: NDB):
+               node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_v: NDV3, tri_blk: NDB, simd: ti.template()):
     """Closest hit of each ray (for tests against render.bvh's brute force); tri_out in leaf order."""
     for r in range(origins.shape[0]):
-        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_blk)
+        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_v, tri_blk,
+                               simd)
         t_out[r] = t if k >= 0 else ti.math.inf
         tri_out[r] = k
 

@@ -571,7 +571,10 @@ def test_gpu_backend_refused_without_cuda():
     assert f.meta["backend"] == "cpu" and np.isfinite(f.rgb).all()
 
 
-def test_kernel_traversal_matches_brute_force():
+@pytest.mark.parametrize("simd", [True, False], ids=["simd-leaves", "one-by-one-leaves"])
+def test_kernel_traversal_matches_brute_force(simd, monkeypatch):
+    # both leaf layouts (the CPU's SIMD blocks; a GPU's one-by-one leaves), here both on the CPU
+    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd)
     rng = np.random.default_rng(5)
     positions = (rng.uniform(-2, 2, (500, 1, 3)) + rng.normal(0, 0.3, (500, 3, 3))).astype(np.float32)
     scene = render.scene_from_dict({"camera": cam((0, 0, 5), (0, 0, 0)), "materials": {"m": {"type": "diffuse"}},
@@ -644,13 +647,31 @@ def test_kernel_traversal_with_leaves_of_several_blocks(monkeypatch):
     assert (tri[hit] == tri_ref[hit]).mean() > 0.99
 
 
+def test_one_by_one_leaves_render_the_simd_image(monkeypatch):
+    # A GPU traces a BVH of small leaves tested one triangle at a time; the CPU traces 8-triangle SIMD
+    # blocks. Both layouts rendered here on the CPU: another tree and another triangle test, the same
+    # hits, so the images differ by float rounding alone.
+    scene = render.cornell_box(width=32, height=32)
+    simd = trace(scene, spp=4)
+    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: False)
+    one = trace(scene, spp=4)
+    assert pt._packed_cache[scene][False]["bvh_nodes"] != pt._packed_cache[scene][True]["bvh_nodes"]
+    np.testing.assert_allclose(one.rgb, simd.rgb, rtol=0, atol=1e-6)
+    # the AOVs come from pixel-centre rays, some of which meet an edge between two walls exactly (a tie)
+    same = one.object_id == simd.object_id
+    assert same.mean() > 0.97
+    np.testing.assert_allclose(one.depth[same], simd.depth[same], rtol=1e-5)
+
+
 def test_device_uploads_keep_every_array_layout():
-    # On a GPU the scene arrays go up as Taichi ndarrays (vectors, matrices, the SIMD triangle
-    # blocks); here the same uploads are made on the CPU backend, checked element for element and
-    # traversed by the kernel, so a layout slip shows without a GPU.
+    # On a GPU the scene arrays go up as Taichi ndarrays (vectors, matrices, the placeholder block);
+    # here the same uploads are made on the CPU backend, checked element for element and traversed
+    # by the kernel with the GPU's one-by-one leaves, so a layout slip shows without a GPU.
     scene = render.cornell_box(width=8, height=8)
     pt.init_backend("cpu")
-    packed = pt._pack(scene)
+    assert pt._simd_leaves("cpu") and not pt._simd_leaves("gpu")
+    packed = pt._pack(scene, simd=False)
+    assert packed["node_i"][packed["node_i"][:, 1] > 0, 1].max() <= 4  # render.bvh's one-by-one leaves
     host = pt._device_arrays(packed, "cpu")
     dev = pt._device_arrays(packed, "gpu")
     for key in pt._DEVICE_KEYS:
@@ -665,7 +686,7 @@ def test_device_uploads_keep_every_array_layout():
         t = np.zeros(500, np.float32)
         tri = np.zeros(500, np.int32)
         pt._state["kernels"].trace_rays(o, d, t, tri, arrays["node_lo"], arrays["node_hi"], arrays["node_i"],
-                                        arrays["tri_blk"])
+                                        arrays["tri_v"], arrays["tri_blk"], False)
         out[name] = (t, tri)
     assert (out["host"][1] >= 0).mean() > 0.7  # rays from inside the open box mostly hit it
     np.testing.assert_array_equal(out["dev"][0], out["host"][0])
