@@ -14,7 +14,8 @@ Resuming (``resume=True``) restores weights, Adam state, the step and every proc
 and the data order continues from the same (epoch, batch), so a resumed CPU run gives the same
 weights bit for bit as an uninterrupted one. Under ``torchrun`` each process trains on its own
 batches (global batch index ``step * world + rank``) and gradients are averaged by
-DistributedDataParallel (gloo on CPU, NCCL on GPU).
+DistributedDataParallel (gloo on CPU, NCCL on GPU); every checkpoint first checks that the
+processes' weights are still equal.
 """
 
 from __future__ import annotations
@@ -139,6 +140,20 @@ def _all_max(flags: list[float], dev: torch.device, world: int) -> list[float]:
     t = torch.tensor(flags, dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
+
+
+def _replicas_agree(model: torch.nn.Module, world: int) -> bool:
+    """Whether every process holds the same weights, bit for bit (DistributedDataParallel starts
+    them equal and averages the gradients, so they stay equal; a missing all-reduce, or one process
+    skipping a step, shows here). Compares each parameter's float64 sum across processes."""
+    if world == 1:
+        return True
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return bool(torch.equal(high, low))
 
 
 def _rng_states(world: int) -> list[dict[str, Any]]:
@@ -326,6 +341,9 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
 
     def checkpoint() -> None:
         states = _rng_states(world)
+        if not _replicas_agree(model, world):
+            raise TrainingError(f"the {world} processes' weights differ at step {step}: their gradients were not "
+                                "averaged alike; the checkpoint is not written (the last one stays)")
         if main:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                          "config": cfg.to_dict(), "rng": states,

@@ -148,6 +148,33 @@ def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
 
 
+def _agree_worker(rank: int, init_file: str, diverge: bool, result_dir: str) -> None:
+    import torch.distributed as dist
+
+    from neural.train import _replicas_agree
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    if diverge and rank == 1:
+        with torch.no_grad():
+            model.weight[0, 0] += 1e-6  # one process stepped differently
+    Path(result_dir, str(rank)).write_text(str(_replicas_agree(model, 2)))
+    dist.destroy_process_group()
+
+
+def test_the_replica_check_tells_equal_weights_from_diverged_ones(tmp_path):
+    # training checks this at every checkpoint of a multi-process run (the torchrun test passes it),
+    # so a missing gradient all-reduce stops the run instead of saving rank 0's weights alone
+    import torch.multiprocessing as mp
+
+    for diverge in (False, True):
+        d = tmp_path / str(diverge)
+        d.mkdir()
+        mp.spawn(_agree_worker, args=(str(d / "init"), diverge, str(d)), nprocs=2)
+        assert [(d / str(r)).read_text() for r in range(2)] == [str(not diverge)] * 2
+
+
 def test_compiled_training_compiles_at_most_twice(rooms, tmp_path, monkeypatch):
     """--compile passes sigma as a tensor (a Python float is baked into the graph, so every annealed
     value recompiled the model: seen on an H200) and marks the number of context views K dynamic:
