@@ -12,7 +12,8 @@
 # end to end on a fresh rasterized dataset; its metrics.csv goes to the log). Default: all of them.
 #
 # SITE.tar.xz: optional site-packages (taichi, mitsuba, drjit, pydantic, trimesh, ...) for a machine
-# that cannot install them; it is unpacked to /tmp/site and put on PYTHONPATH.
+# that cannot install them (made by bench/make_site.sh); it is unpacked to /tmp/site and put on
+# PYTHONPATH.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
