@@ -694,7 +694,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
                     t_sh = dist * (1.0 - 1e-3) if dist < 1.0e30 else 1.0e30
-                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
+                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v, tri_blk,
+                                                 simd)
                     if blocker < 0:
                         L += beta * fc * Li * w
         # ---- BSDF sampling: the next segment ----
