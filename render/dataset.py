@@ -39,8 +39,10 @@ RENDERERS = ("raster", "path", "both")
 # to 8 triangles tested in SIMD (another tree, and barycentrics rounded differently). 5: the path
 # tracer's back faces of one-sided materials (emitters by default) black instead of reflecting.
 # 6: the path tracer on a GPU tests its BVH leaves one triangle at a time again (another tree there;
-# GPU images round differently, CPU images are unchanged bit for bit).
-RENDER_REVISION = 6
+# GPU images round differently, CPU images are unchanged bit for bit). 7: the path tracer's shadow
+# rays aimed from their offset origin (lights no longer hide themselves from points near their plane
+# or far from the origin), NEE on black metals, normals against the winding shaded.
+RENDER_REVISION = 7
 
 
 @dataclass(frozen=True)

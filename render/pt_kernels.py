@@ -623,6 +623,11 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
             # the back of a one-sided material (emitters by default) reflects nothing; it still
             # occludes. Glass has two sides by nature (rays inside it meet its back faces).
             break
+        if (tri_n[3 * k] + tri_n[3 * k + 1] + tri_n[3 * k + 2]).dot(ng) < 0.0:
+            # the mesh's normals point against its winding (clockwise faces with outward normals):
+            # shade with them turned to the winding's side, as the rasterizer does (otherwise wo
+            # lies below the shading normal on both sides and the surface renders black)
+            ns = -ns
         # two-sided materials scatter on both sides: work on the side the ray arrived from
         if not front:
             ng = -ng
@@ -634,12 +639,14 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
         wo = vec3(wo_w.dot(ts), wo_w.dot(bs), wo_w.dot(ns))
         is_delta = mtype == GLASS or (mtype == METAL and alpha < DELTA_ROUGHNESS)
         # ---- next-event estimation: one light sample per vertex ----
-        if not is_delta and n_groups > 0 and max3(base) > 0.0:
+        # (a black diffuse surface reflects nothing; a black metal still does, by Fresnel at grazing angles)
+        if not is_delta and n_groups > 0 and (mtype == METAL or max3(base) > 0.0):
             g = ti.min(ti.i32(rand(state) * n_groups), n_groups - 1)
             ul1 = rand(state)
             ul2 = rand(state)
             wi_w = vec3(0.0, 1.0, 0.0)
             dist = 1.0e30
+            target = vec3(0.0)  # the sampled point of an area or point light (dist < 1e30)
             Li = vec3(0.0)  # radiance (or delta light's contribution) divided by its pdf
             pdf_l = 0.0
             light_delta = 0
@@ -649,8 +656,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                     pick, _ = cdf_find(emit_cdf, 0, n_emit, rand(state))
                     ke = emit_tri[pick]
                     su = ti.sqrt(ul1)
-                    q = tri_v[3 * ke] + (1.0 - su) * tri_v[3 * ke + 1] + (su * ul2) * tri_v[3 * ke + 2]
-                    to_l = q - p
+                    target = tri_v[3 * ke] + (1.0 - su) * tri_v[3 * ke + 1] + (su * ul2) * tri_v[3 * ke + 2]
+                    to_l = target - p
                     d2 = to_l.dot(to_l)
                     dist = ti.sqrt(d2)
                     wi_w = to_l / dist
@@ -664,7 +671,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                 li = g - area_group
                 light_delta = 1
                 if light_i[li] == 0:  # point: intensity / distance^2
-                    to_l = light_f[3 * li] - p
+                    target = light_f[3 * li]
+                    to_l = target - p
                     d2 = to_l.dot(to_l)
                     dist = ti.sqrt(d2)
                     wi_w = to_l / dist
@@ -693,8 +701,17 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
                     if light_delta == 0 and mode == MIS:
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
-                    t_sh = dist * (1.0 - 1e-3) if dist < 1.0e30 else 1.0e30
-                    _, blocker, _, _ = intersect(so, wi_w, t_sh, True, node_lo, node_hi, node_i, tri_v, tri_blk,
+                    sd = wi_w
+                    t_sh = 1.0e30
+                    if dist < 1.0e30:
+                        # aimed and measured from the offset origin: measured from p, the ray would
+                        # stop past the light's surface when p lies close to the light's plane (or far
+                        # from the scene origin, where the offset is larger) and hit the light itself
+                        to_s = target - so
+                        t_sh = ti.max(to_s.norm(), 1e-30)
+                        sd = to_s / t_sh
+                        t_sh *= 1.0 - 1e-3
+                    _, blocker, _, _ = intersect(so, sd, t_sh, True, node_lo, node_hi, node_i, tri_v, tri_blk,
                                                  simd)
                     if blocker < 0:
                         L += beta * fc * Li * w

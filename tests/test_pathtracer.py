@@ -691,3 +691,71 @@ def test_device_uploads_keep_every_array_layout():
     assert (out["host"][1] >= 0).mean() > 0.7  # rays from inside the open box mostly hit it
     np.testing.assert_array_equal(out["dev"][0], out["host"][0])
     np.testing.assert_array_equal(out["dev"][1], out["host"][1])
+
+
+def test_direct_light_does_not_depend_on_where_the_scene_sits():
+    # Shadow rays start offset from the surface by an amount that grows with |p|. Measured from p
+    # instead of from the offset origin, the ray reached the sampled light point and the light hid
+    # itself: the Cornell box moved 30 m along x lost 21 % of its red channel.
+    base = render.cornell_box(width=24, height=24)
+    means = []
+    for shift in (0.0, 30.0):
+        t = np.array([shift, 0.0, 0.0], np.float32)
+        c = base.camera
+        moved = dataclasses.replace(c, position=tuple(np.add(c.position, t)), look_at=tuple(np.add(c.look_at, t)))
+        scene = dataclasses.replace(base, positions=base.positions + t, cameras=(moved,))
+        means.append(trace(scene, spp=32).rgb.reshape(-1, 3).mean(0))
+    np.testing.assert_allclose(means[1], means[0], rtol=0.01)
+
+
+def test_a_floor_close_under_a_light_gets_the_same_light_from_each_strategy():
+    # the light 0.1 m above the floor: next-event estimation used to see the light block itself (0)
+    scene = render.scene_from_dict({
+        "camera": cam((0.8, 0.07, 0.0), (0.0, 0.0, 0.0), size=24),
+        "materials": {"f": {"type": "diffuse", "albedo": [0.5, 0.5, 0.5]},
+                      "lamp": {"type": "emitter", "radiance": [1, 1, 1]}},
+        "objects": [{"shape": "quad", "material": "f", "size": [2, 2], "rotate": [-90, 0, 0]},
+                    {"shape": "quad", "material": "lamp", "size": [0.4, 0.4], "rotate": [90, 0, 0],
+                     "translate": [0, 0.1, 0]}]})
+    nee = trace(scene, spp=256, max_depth=2, strategy="nee")
+    bsdf = trace(scene, spp=256, max_depth=2, strategy="bsdf")
+    floor = nee.object_id == 0
+    assert floor.mean() > 0.3
+    a, b = nee.rgb[floor, 0].mean(), bsdf.rgb[floor, 0].mean()
+    assert b > 0.01 and abs(a - b) < 0.05 * b, (a, b)
+
+
+def test_normals_against_the_winding_still_shade():
+    # clockwise faces with outward vertex normals (as some OBJ/PLY exports have) shade as the
+    # counter-clockwise mesh does, not black
+    scene = render.scene_from_dict({
+        "camera": cam((0.0, 0.6, 3.0), (0.0, 0.6, 0.0), fov=30, size=24),
+        "materials": {"d": {"type": "diffuse", "albedo": [0.8, 0.8, 0.8]}},
+        "objects": [{"shape": "sphere", "material": "d", "radius": 0.6, "translate": [0, 0.6, 0], "smooth": True}],
+        "lights": [{"type": "directional", "direction": [0, -1, -1], "irradiance": [3, 3, 3]}],
+        "environment": {"radiance": [0.3, 0.3, 0.3]}})
+    cw = dataclasses.replace(scene, positions=scene.positions[:, [0, 2, 1]].copy(),
+                             normals=scene.normals[:, [0, 2, 1]].copy(), uvs=scene.uvs[:, [0, 2, 1]].copy())
+    a, b = trace(scene, spp=16, max_depth=4), trace(cw, spp=16, max_depth=4)
+    sphere = a.object_id == 0
+    assert sphere.mean() > 0.2
+    assert a.rgb[sphere].mean() > 0.2
+    np.testing.assert_allclose(b.rgb[sphere].mean(0), a.rgb[sphere].mean(0), rtol=1e-3)
+
+
+def test_black_metal_still_gets_next_event_estimation():
+    # Schlick Fresnel with F0 = 0 still reflects at grazing angles. Skipping NEE on a black base
+    # while MIS down-weighted the BSDF's light hits lost a third of the reflection.
+    scene = render.scene_from_dict({
+        "camera": cam((0.0, 0.5, 4.0), (0.0, 0.0, 0.0), fov=30, size=24),
+        "materials": {"m": {"type": "metal", "color": [0, 0, 0], "roughness": 0.2},
+                      "lamp": {"type": "emitter", "radiance": [5, 5, 5]}},
+        "objects": [{"shape": "quad", "material": "m", "size": [20, 20], "rotate": [-90, 0, 0]},
+                    {"shape": "quad", "material": "lamp", "size": [2, 2], "translate": [0, 0.8, -4]}],
+        "environment": {"radiance": [0.3, 0.3, 0.3]}})
+    mis = trace(scene, spp=128, max_depth=2).rgb[..., 0].astype(np.float64)
+    bsdf = trace(scene, spp=128, max_depth=2, strategy="bsdf").rgb[..., 0].astype(np.float64)
+    floor = trace(scene, spp=1, max_depth=1).object_id == 0  # the metal, not the lamp or the sky
+    d = (mis - bsdf)[floor]
+    assert mis[floor].mean() > 0.05
+    assert abs(d.mean()) < 4 * d.std() / np.sqrt(d.size) + 0.01 * mis[floor].mean(), (mis[floor].mean(), d.mean())
