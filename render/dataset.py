@@ -41,7 +41,8 @@ RENDERERS = ("raster", "path", "both")
 # 6: the path tracer on a GPU tests its BVH leaves one triangle at a time again (another tree there;
 # GPU images round differently, CPU images are unchanged bit for bit). 7: the path tracer's shadow
 # rays aimed from their offset origin (lights no longer hide themselves from points near their plane
-# or far from the origin), NEE on black metals, normals against the winding shaded.
+# or far from the origin), NEE on black metals, normals against the winding shaded; environment maps
+# oriented as Mitsuba's envmap in both renderers (no family uses one).
 RENDER_REVISION = 7
 
 

@@ -316,9 +316,12 @@ def environment(d, env_rad, env_tex, tex: ti.template(), tex_info: ti.template()
     L = env_rad
     if env_tex >= 0:
         info = tex_info[env_tex]
-        u = 0.5 + ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+        # Mitsuba's envmap: u = atan2(d_x, -d_z) / 2 pi (column centres at (j + 0.5) / W, wrapping),
+        # v = acos(d_y) / pi with row i centred at v = i / (H - 1) (rows 0 and H - 1 at the poles)
+        u = ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+        u -= ti.floor(u)
         v = ti.acos(ti.min(ti.max(d.y, -1.0), 1.0)) * INV_PI
-        L = L * tex_fetch(tex, tex_info, env_tex, u * info[1], v * info[2], False)
+        L = L * tex_fetch(tex, tex_info, env_tex, u * info[1], v * (info[2] - 1) + 0.5, False)
     return L
 
 
@@ -358,7 +361,7 @@ def env_sample(u1, u2, env_cdf: ti.template(), env_pmf: ti.template(), w, h):
     i, fv = cdf_find(env_cdf, 0, h, u1)
     j, fu = cdf_find(env_cdf, h + i * w, w, u2)
     theta = (i + fv) / h * math.pi
-    phi = 2.0 * math.pi * ((j + fu) / w - 0.5)  # u = 0.5 + atan2(d.x, -d.z) / (2 pi), as environment()
+    phi = 2.0 * math.pi * (j + fu) / w  # u = atan2(d.x, -d.z) / (2 pi), as environment()
     st = ti.sin(theta)
     d = vec3(st * ti.sin(phi), ti.cos(theta), -st * ti.cos(phi))
     return d, env_density(env_pmf, i * w + j, w, h, st)
@@ -367,7 +370,8 @@ def env_sample(u1, u2, env_cdf: ti.template(), env_pmf: ti.template(), w, h):
 @ti.func
 def env_pdf(d, env_pmf: ti.template(), w, h):
     """env_sample's solid-angle density of direction d (unit)."""
-    u = 0.5 + ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+    u = ti.atan2(d.x, -d.z) * (0.5 * INV_PI)
+    u -= ti.floor(u)
     v = ti.acos(ti.min(ti.max(d.y, -1.0), 1.0)) * INV_PI
     j = ti.min(ti.i32(u * w), w - 1)
     i = ti.min(ti.i32(v * h), h - 1)

@@ -503,10 +503,14 @@ def shade_view(ti, b, pos, nrm, uvs, mat_id, obj_id, mtype, mbase, mrad, mrough,
                             dx /= dn
                             dy /= dn
                             dz /= dn
-                            eu = 0.5 + math.atan2(dx, -dz) / (2.0 * math.pi)
+                            # Mitsuba's envmap (as the path tracer): u = atan2(d_x, -d_z) / 2 pi,
+                            # v = acos(d_y) / pi with row i centred at v = i / (H - 1); the texture
+                            # lookup's v runs bottom-up with rows centred at (i + 0.5) / H.
+                            eu = math.atan2(dx, -dz) / (2.0 * math.pi)
+                            eu -= math.floor(eu)
                             ev = math.acos(min(1.0, max(-1.0, dy))) / math.pi
-                            # Equirect rows run top (up) to bottom, the texture lookup's v runs bottom-up.
-                            _sample_texture(tex_data, tex_info, env_tex, eu, 1.0 - ev, tx)
+                            eh = tex_info[env_tex, 1]
+                            _sample_texture(tex_data, tex_info, env_tex, eu, 1.0 - (ev * (eh - 1) + 0.5) / eh, tx)
                             acc_r += env[0] * tx[0]
                             acc_g += env[1] * tx[1]
                             acc_b += env[2] * tx[2]

@@ -644,12 +644,11 @@ def _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directi
         if id(s) not in packs:  # pairs keeps every scene alive, so its id is stable for this call
             packs[id(s)] = _pack(s, *settings)
         near, far = _box_depths(packs[id(s)].corners, c)
+        keep.append(k)  # rendered even with nothing in front of the camera: the background shows the environment
         if far < c.near:
             _warn_near(s, c)
-        else:
-            keep.append(k)
-            if near < c.near:  # the near plane cuts the box: an empty frame needs the exact test
-                straddles.add(k)
+        elif near < c.near:  # the near plane cuts the box: an empty frame needs the exact test
+            straddles.add(k)
     frames: list = [None] * len(pairs)
     if keep:
         done = _render([pairs[k] for k in keep], ssaa, *settings, parallel, packs, aovs)
@@ -666,7 +665,7 @@ def _batch_frames(pairs, ssaa, shadows, area_samples, shadow_resolution, directi
 
 def _warn_near(scene: Scene, camera: Camera) -> None:
     warnings.warn(f"{scene.source}: every triangle is closer to the camera than its near plane "
-                  f"({camera.near} m); the frame is empty", stacklevel=5)
+                  f"({camera.near} m); the frame shows only the environment", stacklevel=5)
 
 
 def _sizes(pairs) -> dict[tuple[int, int], int]:

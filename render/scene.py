@@ -90,8 +90,11 @@ class Environment:
     """Light arriving from infinitely far away.
 
     radiance: constant radiance (W m^-2 sr^-1) from every direction, or the multiplier of ``image``.
-    image: optional (H, W, 3) float32 linear equirectangular map: column u = 0.5 + atan2(d_x, -d_z)/(2 pi),
-        row v = acos(d_y)/pi (row 0 is straight up), so the map's centre is seen looking along -z.
+    image: optional (H, W, 3) float32 linear equirectangular map, oriented as Mitsuba 3's ``envmap``:
+        column u = atan2(d_x, -d_z)/(2 pi) (wrapping; column j centred at u = (j + 0.5)/W), row
+        v = acos(d_y)/pi with row i centred at v = i/(H - 1) (row 0 straight up, the last row
+        straight down). So the map's centre is seen looking along +z, its left and right edges along
+        -z, u = 0.25 along +x; bilinear between texel centres.
     file: where ``image`` came from.
     """
 

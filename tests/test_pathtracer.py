@@ -458,22 +458,29 @@ def test_checker_and_texture_albedo(tmp_path):
 
 
 def test_environment_map_orientation():
-    # Environment.image: column u = 0.5 + atan2(d_x, -d_z) / (2 pi), row v = acos(d_y) / pi; the map's
-    # centre is seen looking along -z, its right-hand quarter (u = 0.75) looking along +x
+    # Environment.image is oriented as Mitsuba 3's envmap: column u = atan2(d_x, -d_z) / (2 pi), column j
+    # centred at (j + 0.5) / W; row v = acos(d_y) / pi, row i centred at i / (H - 1). So looking along
+    # -z sees the map's left/right edges, +x its u = 0.25, +z its centre; both renderers.
     img = np.zeros((4, 8, 3), np.float32)
-    img[:, 3:5] = (1.0, 0.0, 0.0)  # around u = 0.5
-    img[:, 5:7] = (0.0, 1.0, 0.0)  # around u = 0.75
-    img[:, 0] = img[:, 7] = (0.0, 0.0, 1.0)  # around u = 0 (looking along +z)
+    img[:, 3:5] = (1.0, 0.0, 0.0)  # around u = 0.5 (looking along +z)
+    img[:, 1:3] = (0.0, 1.0, 0.0)  # around u = 0.25 (+x)
+    img[:, 0] = img[:, 7] = (0.0, 0.0, 1.0)  # around u = 0 (-z)
+    rows = np.zeros((4, 8, 3), np.float32)
+    rows[1] = 1.0  # row 1 of 4 is centred at v = 1/3: 30 degrees above the horizon
     base = render.scene_from_dict({
         "camera": cam((0, 0, 0), (0, 0, -1), fov=1.0, size=4),
         "materials": {"m": {"type": "diffuse"}},
         "objects": [{"shape": "quad", "size": [0.01, 0.01], "translate": [0.0, -50.0, 0.0], "material": "m"}],
     })
-    scene = dataclasses.replace(base, environment=render.Environment(radiance=(2.0, 2.0, 2.0), image=img))
-    for look, colour in (((0, 0, -1), (2, 0, 0)), ((1, 0, 0), (0, 2, 0)), ((0, 0, 1), (0, 0, 2))):
+    up30 = (0.0, 0.5, -math.sqrt(0.75))
+    for image, look, colour in ((img, (0, 0, -1), (0, 0, 2)), (img, (1, 0, 0), (0, 2, 0)), (img, (0, 0, 1), (2, 0, 0)),
+                                (rows, up30, (2, 2, 2))):
+        scene = dataclasses.replace(base, environment=render.Environment(radiance=(2.0, 2.0, 2.0), image=image))
         c = render.Camera((0, 0, 0), look, (0, 1, 0), 1.0, 4, 4)
         f = trace(scene, c, spp=4, max_depth=1)
-        np.testing.assert_allclose(f.rgb.reshape(-1, 3).mean(0), colour, atol=1e-3)
+        np.testing.assert_allclose(f.rgb.reshape(-1, 3).mean(0), colour, atol=2e-2, err_msg=str(look))
+        r = render.rasterize(scene, c)
+        np.testing.assert_allclose(r.rgb.reshape(-1, 3).mean(0), colour, atol=2e-2, err_msg=f"raster {look}")
 
 
 def sun_sky(height=32, width=64, sun=(6, 40), sun_radiance=400.0, sky=0.05):
@@ -502,28 +509,35 @@ def test_environment_map_sampling_density():
     rng = np.random.default_rng(0)
     d = rng.normal(size=(200_000, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    pdf = pt.environment_pdf(scene, d)
-    assert pdf.min() > 0.0
-    integral = 4.0 * math.pi * pdf.mean()
-    assert abs(integral - 1.0) < 0.02, integral  # Monte Carlo over uniform directions; the sun is 0.2% of the sphere
+    assert pt.environment_pdf(scene, d).min() > 0.0
+
+    def directions(v, u):  # unit directions of the map's (v, u) grid, and their sin(theta)
+        vv, uu = np.meshgrid(v, u, indexing="ij")
+        theta, phi = vv * math.pi, 2 * math.pi * uu
+        return (np.stack([np.sin(theta) * np.sin(phi), np.cos(theta), -np.sin(theta) * np.cos(phi)], -1).reshape(-1, 3),
+                np.sin(theta).ravel())
+
+    # the density integrates to 1 over the sphere (midpoint quadrature, 4 x 4 points a texel; exact
+    # up to rounding, since the density times sin(theta) is constant within a texel)
+    grid, sin_t = directions((np.arange(4 * img.shape[0]) + 0.5) / (4 * img.shape[0]),
+                             (np.arange(4 * img.shape[1]) + 0.5) / (4 * img.shape[1]))
+    integral = float((pt.environment_pdf(scene, grid) * sin_t).sum()) * (math.pi / (4 * img.shape[0])) * (
+        2 * math.pi / (4 * img.shape[1]))
+    assert abs(integral - 1.0) < 1e-3, integral
     wi, pdf_drawn = pt.sample_environment(scene, rng.random((100_000, 2)))
     np.testing.assert_allclose(np.linalg.norm(wi, axis=1), 1.0, atol=1e-5)
     # (a draw within float rounding of a texel's edge may be looked up in the neighbouring texel)
     assert np.isclose(pdf_drawn, pt.environment_pdf(scene, wi), rtol=1e-3).mean() > 0.9999
     # The fraction of draws toward the sun is its share of the map's luminance x solid angle.
-    u = 0.5 + np.arctan2(wi[:, 0], -wi[:, 2]) / (2 * math.pi)
+    u = (np.arctan2(wi[:, 0], -wi[:, 2]) / (2 * math.pi)) % 1.0
     v = np.arccos(np.clip(wi[:, 1], -1, 1)) / math.pi
     rows, cols = np.floor(v * img.shape[0]).astype(int), np.floor(u * img.shape[1]).astype(int) % img.shape[1]
     in_sun = (rows >= 5) & (rows <= 8) & (cols >= 39) & (cols <= 42)  # the sun and the texels its filter reaches
     assert in_sun.mean() > 0.8  # 400 / 0.05: nearly every draw goes toward the sun
     # The density's mass over those texels, by midpoint quadrature in (theta, phi) (20 x 20 points a texel).
-    v = (5 + (np.arange(80) + 0.5) / 20) / img.shape[0]
-    u = (39 + (np.arange(80) + 0.5) / 20) / img.shape[1]
-    vv, uu = np.meshgrid(v, u, indexing="ij")
-    theta, phi = vv * math.pi, 2 * math.pi * (uu - 0.5)
-    grid = np.stack([np.sin(theta) * np.sin(phi), np.cos(theta), -np.sin(theta) * np.cos(phi)], -1).reshape(-1, 3)
+    grid, sin_t = directions((5 + (np.arange(80) + 0.5) / 20) / img.shape[0], (39 + (np.arange(80) + 0.5) / 20) / img.shape[1])
     d_area = (math.pi / img.shape[0] / 20) * (2 * math.pi / img.shape[1] / 20)
-    expected = float((pt.environment_pdf(scene, grid) * np.sin(theta).ravel()).sum() * d_area)
+    expected = float((pt.environment_pdf(scene, grid) * sin_t).sum() * d_area)
     assert abs(in_sun.mean() - expected) < 0.01, (in_sun.mean(), expected)
 
 

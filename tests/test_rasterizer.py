@@ -7,6 +7,7 @@ Lambert formula, or plain counting.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -453,6 +454,10 @@ def test_camera_inside_near_plane_gives_empty_frame_and_warning():
         frame = rasterize(scene, cam)
     assert (frame.object_id == -1).all() and np.isinf(frame.depth).all() and (frame.rgb == 0).all()
     assert frame.meta["renderer"] == "raster"
+    lit = dataclasses.replace(scene, environment=Environment(radiance=(0.25, 0.5, 1.0)))
+    with pytest.warns(UserWarning, match="near plane"):
+        frame = rasterize(lit, cam)
+    np.testing.assert_allclose(frame.rgb, np.broadcast_to([0.25, 0.5, 1.0], frame.rgb.shape))  # the background
 
 
 def test_every_triangle_behind_the_near_plane_warns_even_when_the_box_straddles_it():
