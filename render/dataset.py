@@ -71,6 +71,9 @@ class DatasetConfig:
         for name, lo in (("scenes", 1), ("views", 1), ("size", 8), ("spp", 1), ("shard_size", 1)):
             if getattr(self, name) < lo:
                 problems.append(f"{name} {getattr(self, name)}; expected at least {lo}")
+        for name, hi in (("size", 16384), ("spp", 2**31 - 1)):  # a camera's largest image; 32-bit sample indices
+            if getattr(self, name) > hi:
+                problems.append(f"{name} {getattr(self, name)}; expected at most {hi}")
         if self.ssaa not in (1, 2, 4):
             problems.append(f"ssaa {self.ssaa}; expected 1, 2 or 4")
         if self.max_depth < -1:
@@ -247,6 +250,7 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     if not 0 <= shard_index < num_shards:
         raise RenderError(f"--shard-index {shard_index}; expected 0..{num_shards - 1} for --num-shards {num_shards}")
     out = Path(out)
+    made_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     manifest = config.manifest()
     manifest["render_settings"].update(_path_backend(config))
@@ -261,6 +265,7 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
         else:
             todo.append(j)
     name = _manifest_name(shard_index, num_shards)
+    fresh = not (out / name).exists()
     write_manifest(out, manifest, name)
     size_of = lambda j: min(config.scenes, (j + 1) * config.shard_size) - j * config.shard_size  # noqa: E731
     bar = None
@@ -290,6 +295,13 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
                 done(j, _make_shard(config, str(out), j)[1])
         else:
             _generate_parallel(config, out, todo, workers, done)
+    except BaseException:
+        if fresh and not manifest["shards"]:
+            # nothing was made: leave no manifest behind to refuse the corrected command's settings
+            (out / name).unlink(missing_ok=True)
+            if made_folder and not any(out.iterdir()):
+                out.rmdir()
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -35,6 +35,7 @@ BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
 LEAF_MAX = BLOCK  # triangles per BVH leaf at most: one SIMD block (tests raise it to cover several)
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
+MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None, "compiled": set()}
 _packed_cache: "weakref.WeakKeyDictionary[Scene, dict[bool, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
@@ -325,16 +326,17 @@ def _device_arrays(packed: dict, backend: str) -> dict:
 
 
 # --- the entry point -------------------------------------------------------------------------------
-def _pass_schedule(spp: int) -> list[int]:
-    """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp."""
-    out, size, total = [], 1, 0
+def _pass_schedule(spp: int):
+    """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp.
+    A generator: a huge spp under a time budget must not build its whole list first."""
+    size, total, passes = 1, 0, 0
     while total < spp:
         n = min(size, spp - total)
-        out.append(n)
+        yield n
         total += n
-        if len(out) > 1:
+        passes += 1
+        if passes > 1:
             size = min(size * 2, MAX_PASS_SPP)
-    return out
 
 
 def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth: int = 8, seed: int = 0,
@@ -383,8 +385,8 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     sizes = {(c.width, c.height) for c in cameras}
     if len(sizes) > 1:
         raise RenderError(f"cameras of sizes {sorted(sizes)}; expected one size for all the views of a call")
-    if not isinstance(spp, (int, np.integer)) or spp < 1:
-        raise RenderError(f"spp {spp!r}; expected an integer >= 1")
+    if not isinstance(spp, (int, np.integer)) or not 1 <= spp <= MAX_SPP:
+        raise RenderError(f"spp {spp!r}; expected an integer from 1 to {MAX_SPP}")
     if not isinstance(max_depth, (int, np.integer)) or max_depth < -1:
         raise RenderError(f"max_depth {max_depth!r}; expected -1 (unbounded) or an integer >= 0")
     if strategy not in STRATEGIES:

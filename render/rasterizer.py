@@ -433,7 +433,8 @@ def _buffers(*specs: tuple[tuple[int, ...], type]) -> list[np.ndarray]:
             out.append(arr[...])
         while _pool_bytes > POOL_BYTES:
             key, arrays = next(iter(_POOL.items()))
-            _pool_bytes -= arrays.pop(0).nbytes
+            if arrays:  # (a shape too large to pool has an empty list)
+                _pool_bytes -= arrays.pop(0).nbytes
             if not arrays:
                 del _POOL[key]
     return out

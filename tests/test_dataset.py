@@ -229,6 +229,31 @@ def test_bad_settings_are_refused():
         DatasetConfig("rooms", 1, 1, renderer="opengl").check()
     with pytest.raises(RenderError, match="max_depth -5; expected -1"):
         DatasetConfig("rooms_ring", 1, 1, renderer="path", max_depth=-5).check()
+    with pytest.raises(RenderError, match="size 20000; expected at most 16384"):
+        DatasetConfig("rooms_ring", 1, 1, size=20000).check()
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_nothing_to_block_the_next(tmp_path, monkeypatch):
+    # the manifest written up front used to stay, and the corrected command was refused as "other settings"
+    import render.dataset as D
+    from render.errors import RenderError
+
+    def broken(config, out, index):
+        raise RenderError("the renderer failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(D, "_make_shard", broken)
+        with pytest.raises(RenderError, match="renderer failed"):
+            generate(DatasetConfig("rooms_ring", 2, 2, size=16, shard_size=2), tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "e").mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(D, "_make_shard", broken)
+        with pytest.raises(RenderError):
+            generate(DatasetConfig("rooms_ring", 2, 2, size=16, shard_size=2), tmp_path / "e", progress=False)
+    assert (tmp_path / "e").is_dir() and not any((tmp_path / "e").iterdir())  # the user's folder stays
+    generate(DatasetConfig("rooms_ring", 2, 2, size=24, shard_size=2), tmp_path / "d", progress=False)
+    assert verify(tmp_path / "d") == []
 
 
 def test_both_renderers_store_paired_images(tmp_path):

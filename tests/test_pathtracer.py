@@ -773,3 +773,17 @@ def test_black_metal_still_gets_next_event_estimation():
     d = (mis - bsdf)[floor]
     assert mis[floor].mean() > 0.05
     assert abs(d.mean()) < 4 * d.std() / np.sqrt(d.size) + 0.01 * mis[floor].mean(), (mis[floor].mean(), d.mean())
+
+
+def test_a_huge_spp_under_a_time_budget_stops_on_time():
+    # "render until the time is up": the pass list was built whole first (2^31 / 16 entries)
+    import time
+
+    scene = render.cornell_box(width=8, height=8)
+    trace(scene, spp=1)  # compiled
+    t0 = time.perf_counter()
+    f = trace(scene, spp=pt.MAX_SPP, time_budget=1.0)
+    assert time.perf_counter() - t0 < 5.0
+    assert 16 <= f.meta["spp"] < pt.MAX_SPP and np.isfinite(f.rgb).all()
+    with pytest.raises(RenderError, match="spp"):
+        trace(scene, spp=pt.MAX_SPP + 1)

@@ -506,3 +506,17 @@ def test_aovs_agree_with_the_path_tracer(name):
     np.testing.assert_allclose(r.depth[hit], p.depth[hit], rtol=3e-4)
     np.testing.assert_allclose(r.normal[hit], p.normal[hit], atol=2e-3)
     np.testing.assert_allclose(r.albedo[hit], p.albedo[hit], atol=1e-6)
+
+
+def test_frames_larger_than_the_buffer_pool_render(monkeypatch):
+    # a buffer too large to pool left an empty list in the pool, and trimming the pool then popped
+    # from it (4096 x 4096 frames crashed with IndexError)
+    import render.rasterizer as R
+
+    scene = render.cornell_box(width=48, height=48)
+    small = rasterize(scene, scene.camera.with_size(16, 16)).rgb  # pooled buffers of another shape
+    monkeypatch.setattr(R, "POOL_BYTES", 48 * 48 * 4 * 2)  # smaller than some of a 48 x 48 frame's buffers
+    frames = [rasterize(scene) for _ in range(2)]
+    np.testing.assert_array_equal(frames[0].rgb, frames[1].rgb)
+    assert frames[0].rgb.mean() > 0.05 and small.mean() > 0.05
+    assert R._pool_bytes <= R.POOL_BYTES
