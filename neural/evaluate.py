@@ -34,7 +34,7 @@ import torch
 
 from .data import SceneViews
 from .model import GQN, sigma_at
-from .train import build_model
+from .train import build_model, check_image_size, resolve_device
 
 
 def psnr_np(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,9 +73,11 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
     if samples < 1:
         raise ValueError(f"samples {samples}; expected >= 1")
     if model is None:
+        device = resolve_device(device)
         model, cfg, step = build_model(run_dir, device)
     else:
         cfg, step = model.cfg, 0
+    check_image_size(data, cfg)
     mean_path = run_dir / "mean_image.npy"
     if not mean_path.is_file():
         raise FileNotFoundError(f"{mean_path}: missing; expected the training set's mean image written by train")

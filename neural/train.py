@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import tempfile
 import time
@@ -111,18 +112,29 @@ def parse_overrides(items: list[str], base: GQNConfig) -> dict[str, Any]:
 
 
 # --- processes and devices ----------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    """The torch device of a --device value (auto, cpu, cuda or cuda:N), refused by name when it is
+    not one of those or names a GPU that torch does not see."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise TrainingError(f"device {device!r}; expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise TrainingError(f"device {device!r}; torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(device)
+
+
 def _dist_setup(device: str) -> tuple[int, int, torch.device]:
     """(rank, world, device); starts the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu")
     if device == "cuda" and world > 1:
         device = f"cuda:{local}"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         if dev.index is None:  # set_device needs an index; "cuda" means the current device
             dev = torch.device("cuda", torch.cuda.current_device())
@@ -211,6 +223,14 @@ def mean_image(data: str | Path, max_scenes: int = 2000) -> np.ndarray:
     return (acc / (len(scenes) * views.views * 255.0)).astype(np.float32)
 
 
+def check_image_size(data: str | Path, cfg: GQNConfig, error: type[Exception] = ValueError) -> None:
+    """Refuse a dataset whose images are not the model's size."""
+    size = SceneViews(data, verify=False).image_size
+    if size != cfg.image_size:
+        raise error(f"{data}: images are {size}x{size}; the model expects {cfg.image_size}x{cfg.image_size} "
+                    f"(trirender dataset generate --size {cfg.image_size})")
+
+
 def validation_batch(data: str | Path, cfg: GQNConfig, size: int = 8) -> dict[str, torch.Tensor]:
     """A fixed batch (independent of the training order): ``size`` scenes, 3 context views (or fewer)."""
     views = SceneViews(data, verify=False)
@@ -295,6 +315,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         cfg = config.checked()
         if ckpt_path.exists():
             raise TrainingError(f"{ckpt_path}: already exists; pass --resume to continue this run, or another --out")
+    for folder in (data, val_data) if val_data else (data,):
+        check_image_size(folder, cfg, TrainingError)  # before anything is written, not at the first validation
     total = int(steps if steps is not None else cfg.steps_total)
     amp = runtime.amp if runtime.amp is not None else dev.type == "cuda"
     if main:

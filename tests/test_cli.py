@@ -106,6 +106,13 @@ def test_scene_convert_glb(tmp_path):
     (("train", ".", "--out", "run", "--steps", "0"), "--steps"),
     (("train", ".", "--out", "run", "--minutes", "-1"), "--minutes"),
     (("eval", "run", "--data", ".", "--scenes", "0"), "--scenes"),
+    (("render", "cornell_box", "--width", "100000"), "--width"),  # the scene format's 16384
+    (("render", "cornell_box", "--renderer", "path", "--time", "-1"), "--time"),
+    (("render", "cornell_box", "--renderer", "path", "--spp", "10000000000"), "--spp"),
+    (("render", "cornell_box", "--out", "same.png", "--stats", "same.png"), "same.png is also --out's file"),
+    (("compare", "cornell_box", "--out", "c.png", "--json", "c.png"), "c.png is also --out's file"),
+    (("train", ".", "--out", "run", "--device", "gpu"), "device 'gpu'; expected auto, cpu, cuda or cuda:N"),
+    (("eval", "run", "--data", ".", "--device", "mps"), "device 'mps'; expected"),
     # messages keep their brackets (no console markup), whatever the file is called
     (("scene", "info", "[x]/empty.toml"), "[x]/empty.toml: materials: expected a table of named materials, "
                                           "e.g. [materials.white]"),

@@ -221,3 +221,20 @@ def test_gpu_bf16_training_learns_and_its_checkpoint_loads_on_the_cpu(tmp_path):
     model, _, _ = build_model(tmp_path / "run", "cpu")
     after = fixed_sigma_loss(model)
     assert after < 0.8 * before, (before, after)
+
+
+def test_a_dataset_of_another_image_size_is_refused_before_anything_is_written(rooms, tmp_path):
+    # it used to train until the first validation (or fail on the first batch) with a tensor-shape traceback
+    from render.dataset import DatasetConfig, generate
+
+    small = tmp_path / "d32"
+    generate(DatasetConfig("rooms_ring", 4, 3, size=32, shard_size=4), small, progress=False)
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    with pytest.raises(TrainingError, match="images are 32x32; the model expects 64x64"):
+        train(small, tmp_path / "a", cfg, steps=1, runtime=RT)
+    with pytest.raises(TrainingError, match="d32: images are 32x32"):
+        train(rooms[0], tmp_path / "b", cfg, steps=1, runtime=RT, val_data=small)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    train(rooms[0], tmp_path / "run", cfg, steps=1, runtime=RT)
+    with pytest.raises(ValueError, match="images are 32x32"):
+        evaluate(tmp_path / "run", small, (1,), samples=1)

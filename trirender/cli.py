@@ -63,9 +63,21 @@ def check_out(path: Optional[Path], option: str, suffixes: tuple[str, ...] = (),
         raise typer.BadParameter(f"{path}: cannot write in {place} ({exc.strerror or exc})", param_hint=option) from None
 
 
+def check_distinct(*outputs: tuple[Optional[Path], str]) -> None:
+    """Refuse two output options naming the same file (the second write would replace the first)."""
+    seen: dict[Path, str] = {}
+    for path, option in outputs:
+        if path is None:
+            continue
+        key = path.absolute().resolve()
+        if key in seen:
+            raise typer.BadParameter(f"{path} is also {seen[key]}'s file; expected another file name", param_hint=option)
+        seen[key] = option
+
+
 Seed = typer.Option(0, min=0, help="Random seed (path tracer noise; built-in procedural scenes).")
-Width = typer.Option(None, min=1, help="Override the camera's image width.")
-Height = typer.Option(None, min=1, help="Override the camera's image height.")
+Width = typer.Option(None, min=1, max=16384, help="Override the camera's image width.")  # the scene format's range
+Height = typer.Option(None, min=1, max=16384, help="Override the camera's image height.")
 
 
 def _load(spec: str, seed: int = 0):
@@ -115,8 +127,8 @@ def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ri
 @scene_app.command("convert")
 def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/glTF, OBJ, PLY, STL) or a TOML scene."),
                   out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
-                  width: int = typer.Option(512, min=1, help="Image width of the framing camera."),
-                  height: int = typer.Option(512, min=1, help="Image height of the framing camera.")):
+                  width: int = typer.Option(512, min=1, max=16384, help="Image width of the framing camera."),
+                  height: int = typer.Option(512, min=1, max=16384, help="Image height of the framing camera.")):
     """Convert a mesh/scene file into a TOML scene (materials, framing camera, default light)."""
     from render import load_scene, save_scene
     from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
@@ -141,7 +153,7 @@ def render_cmd(
     camera_index: int = typer.Option(0, "--camera", help="Which of the scene's cameras to use."),
     ssaa: int = typer.Option(1, help="Raster: supersampling factor per axis (1, 2 or 4)."),
     shadows: bool = typer.Option(True, help="Raster: shadow maps on/off."),
-    spp: int = typer.Option(64, min=1, help="Path: samples per pixel."),
+    spp: int = typer.Option(64, min=1, max=2**31 - 1, help="Path: samples per pixel."),
     max_depth: int = typer.Option(8, min=-1, help="Path: maximum path segments (0 black, 1 emitters only, 2 direct, "
                                                    "-1 unbounded)."),
     seed: int = Seed,
@@ -159,8 +171,11 @@ def render_cmd(
     for a in aovs:
         if a not in AOV_NAMES:
             raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")
+    if time_budget is not None and not time_budget > 0:
+        raise typer.BadParameter(f"{time_budget}; expected seconds > 0", param_hint="--time")
     check_out(out_path, "--out", (".png", ".exr"))
     check_out(stats, "--stats")
+    check_distinct((out_path, "--out"), (stats, "--stats"))
     t0 = time.perf_counter()
     s = _load(scene, seed)
     if not 0 <= camera_index < len(s.cameras):
@@ -246,6 +261,7 @@ def compare_cmd(
     _check_ssaa(ssaa)
     check_out(out_path, "--out", (".png",))
     check_out(json_out, "--json")
+    check_distinct((out_path, "--out"), (json_out, "--json"))
     s = _load(scene, seed)
     model = None
     if neural is not None:
@@ -324,6 +340,7 @@ def convergence_cmd(
     _check_ssaa(ssaa)
     check_out(out_path, "--out", (".png",))
     check_out(json_out, "--json")
+    check_distinct((out_path, "--out"), (json_out, "--json"))
     s = _load(scene, seed)
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
