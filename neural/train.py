@@ -340,10 +340,16 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     step = 0
     before_s = 0.0  # training time of the earlier sessions of a resumed run (metrics.csv's elapsed_s goes on)
     if resume:
+        if not ckpt_path.is_file():
+            raise TrainingError(f"{ckpt_path}: missing, the run stopped before its first checkpoint; start it again "
+                                "without --resume")
         ck = load_checkpoint(out, dev)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        if step >= total:
+            raise TrainingError(f"{ckpt_path}: the run is already at step {step}; pass --steps above {step} to train "
+                                f"further (the target is {total})")
         before_s = float(ck.get("elapsed_s", 0.0))
         states = ck["rng"]
         if len(states) != world:
@@ -510,8 +516,6 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         if csv_file:
             csv_file.close()
     elapsed = time.perf_counter() - t_start
-    if interrupted and main and not stop.get("time_limit"):
-        print(f"interrupted: checkpoint written at step {step} to {ckpt_path}; continue with --resume")
     return {"steps": step, "interrupted": interrupted and not stop.get("time_limit"),
             "time_limit_reached": bool(stop.get("time_limit")), "seconds": elapsed, **last,
             "run_dir": str(out), "world_size": world}

@@ -38,6 +38,28 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.BaseModel]:
+    """The model of the table at ``loc`` inside ``model`` (a nested table such as a checker), for
+    naming the keys it allows; ``model`` itself where the path leads to no nested model."""
+    import typing
+
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index, or a key pydantic added (a union member's tag)
+        todo, found = [field.annotation], None
+        while todo and found is None:
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, pydantic.BaseModel):
+                found = t
+            else:
+                todo.extend(typing.get_args(t))
+        if found is None:
+            break
+        model = found
+    return model
+
+
 def _validate(model: type[pydantic.BaseModel], data: Any, source: str, prefix: tuple) -> pydantic.BaseModel:
     """Validate ``data`` against ``model``; turn pydantic's errors into a SceneError naming one of
     them: an unknown key first (a misspelt key also shows up as a missing one, and the unknown
@@ -53,7 +75,7 @@ def _validate(model: type[pydantic.BaseModel], data: Any, source: str, prefix: t
         kind = err["type"]
         ctx = err.get("ctx") or {}
         if kind == "extra_forbidden":
-            allowed = ", ".join(model.model_fields)
+            allowed = ", ".join(_model_at(model, err["loc"][:-1]).model_fields)
             problem = f"unknown key; expected one of: {allowed}"
         elif kind == "missing":
             problem = "missing required key"

@@ -133,3 +133,11 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     else:  # the parser's: usage, a hint, the error in a box of a few lines
         assert "Invalid value" in text or "Missing" in text, res.stderr
+
+
+def test_aov_option_takes_a_list_or_repeats(tmp_path):
+    # a repeated --aov used to keep only the last one, silently
+    res = run("render", "cornell_box", "--width", "16", "--height", "16", "--aov", "depth", "--aov", "normal,id",
+              "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.depth.exr", "x.id.png", "x.normal.exr", "x.png"]

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,9 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(rooms, tmp_path):
         train(rooms[0], tmp_path / "run", cfg, steps=2, runtime=RT)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(rooms[0], tmp_path / "none", None, resume=True, runtime=RT)
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # as when Ctrl-C came before the first checkpoint
+    with pytest.raises(TrainingError, match="stopped before its first checkpoint; start it again without --resume"):
+        train(rooms[0], tmp_path / "run", None, steps=2, resume=True, runtime=RT)
 
 
 def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
@@ -238,3 +242,27 @@ def test_a_dataset_of_another_image_size_is_refused_before_anything_is_written(r
     train(rooms[0], tmp_path / "run", cfg, steps=1, runtime=RT)
     with pytest.raises(ValueError, match="images are 32x32"):
         evaluate(tmp_path / "run", small, (1,), samples=1)
+
+
+def test_cli_ctrl_c_saves_reports_once_and_exits_130_and_resume_checks_its_target(rooms, tmp_path):
+    exe = shutil.which("trirender")
+    run_dir = tmp_path / "run"
+    cmd = [exe, "train", str(rooms[0]), "--out", str(run_dir), "--preset", "tiny", "--steps", "100000", "--batch", "2",
+           "--device", "cpu", "--no-progress", "--threads", "1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run_dir / "metrics.csv").is_file() or len((run_dir / "metrics.csv").read_text().splitlines()) < 2:
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (p.returncode, err[-2000:])
+    assert out.count("interrupted") == 1 and "continue with --resume" in out, out
+    step = load_checkpoint(run_dir)["step"]
+    assert step >= 10
+    again = subprocess.run(cmd[:2] + [str(rooms[0]), "--out", str(run_dir), "--resume", "--steps", str(step)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and f"already at step {step}" in again.stderr, again.stderr
+    again = subprocess.run(cmd[:2] + [str(rooms[0]), "--out", str(run_dir), "--resume", "--preset", "small"],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "--preset" in again.stderr, again.stderr

@@ -136,6 +136,15 @@ def test_misspelt_key_is_named_before_the_missing_one(mesh_dir):
     refuse(d, mesh_dir, "lights[0].intensty", "unknown key", "intensity")
 
 
+def test_an_unknown_key_in_a_nested_table_lists_that_tables_keys(mesh_dir):
+    # it listed the material's keys for a typo inside its checker table
+    d = minimal_description()
+    name = next(iter(d["materials"]))
+    d["materials"][name] = {"type": "diffuse", "checker": {"color1": [1, 1, 1], "color2": [0, 0, 0], "sise": 4}}
+    msg = refuse(d, mesh_dir, f"materials.{name}.checker.sise", "unknown key", "color1, color2, scale")
+    assert "albedo" not in msg
+
+
 def test_wrong_vector_length_says_how_many(mesh_dir):
     d = minimal_description()
     d["camera"]["position"] = [0.0, 3.9]

@@ -9,7 +9,7 @@ import tempfile
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -160,14 +160,15 @@ def render_cmd(
     backend: Backend = typer.Option(Backend.auto, help="Path: cpu, gpu or auto."),
     time_budget: Optional[float] = typer.Option(None, "--time", help="Path: stop at the last whole pass that ends "
                                                 "within S seconds of wall time (start-up and compile included)."),
-    aov: str = typer.Option("", help="Comma-separated AOVs written beside the image: depth,normal,albedo,id."),
+    aov: List[str] = typer.Option([], help="AOVs written beside the image: depth,normal,albedo,id (comma-separated "
+                                           "or repeated)."),
     stats: Optional[Path] = typer.Option(None, help="Write timings and settings as JSON."),
 ):
     """Render a scene with the rasterizer or the path tracer."""
     from render import AOV_NAMES
     from render.image_io import write_json_atomic
 
-    aovs = tuple(a.strip() for a in aov.split(",") if a.strip())
+    aovs = tuple(dict.fromkeys(a.strip() for item in aov for a in item.split(",") if a.strip()))
     for a in aovs:
         if a not in AOV_NAMES:
             raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")

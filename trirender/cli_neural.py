@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         data: Path = typer.Argument(..., help="Dataset folder (trirender dataset generate)."),
         out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, logs."),
-        preset: str = typer.Option("small", help="paper, small or tiny."),
+        preset: Optional[str] = typer.Option(None, help="paper, small or tiny (default: small)."),
         steps: Optional[int] = typer.Option(None, min=1, help="Total steps to reach (default: the preset's steps_total)."),
         batch: Optional[int] = typer.Option(None, min=1, help="Scenes per step per process (default: the preset's)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -77,13 +77,14 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"{data}: not a folder; expected a dataset made by `trirender dataset generate`")
             cfg = None
             if not resume:
-                cfg = resolve_config(preset)
+                cfg = resolve_config(preset or "small")
                 overrides = parse_overrides(list(set_), cfg)
                 if batch is not None:
                     overrides["batch_size"] = batch
                 cfg = cfg.override(**overrides) if overrides else cfg
-            elif set_ or batch is not None:
-                raise typer.BadParameter("--set/--batch cannot change a run being resumed (its config.json is used)")
+            elif set_ or batch is not None or preset is not None:
+                raise typer.BadParameter("--preset/--set/--batch cannot change a run being resumed (its config.json "
+                                         "is used)")
             rt = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile_, num_workers=workers,
                          progress=progress, threads=threads, time_limit_s=minutes * 60.0)
             s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val)
@@ -92,11 +93,14 @@ def register(app: typer.Typer) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             how = "interrupted" if s["interrupted"] else ("time limit" if s.get("time_limit_reached") else "done")
             print(f"{how}: step {s['steps']}, loss {s['loss']:.1f} (nll {s['nll']:.1f}, kl {s['kl']:.2f}), "
-                  f"val PSNR {s['val_psnr']:.2f} dB, {s['seconds']:.0f}s; run in {out}")
+                  f"val PSNR {s['val_psnr']:.2f} dB, {s['seconds']:.0f}s; run in {out}"
+                  + ("; checkpoint written, continue with --resume" if s["interrupted"] else ""))
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        if s["interrupted"]:
+            raise typer.Exit(130)  # as an interrupted command should (128 + SIGINT), after saving
 
     @app.command("eval")
     def eval_cmd(
