@@ -220,14 +220,19 @@ def auto_workers(config: DatasetConfig, shards: int) -> int:
 
 
 def _init_worker(threads: int, parent: int) -> None:
-    """Pool initializer: split the cores between the processes (no oversubscription), and on Linux
-    die with the parent, so that a killed run leaves no worker behind still writing shards."""
+    """Pool initializer: split the cores between the processes (no oversubscription), leave Ctrl-C to
+    the parent, and on Linux die with the parent, so that a killed run leaves no worker behind still
+    writing shards."""
     import numba
 
+    import signal
+
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    # Ctrl-C reaches the whole process group: the parent stops the run (its workers finish the shard
+    # in hand), instead of each worker printing its own KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl

@@ -314,3 +314,24 @@ def test_generate_cli_as_a_user_runs_it(tmp_path):
     res = subprocess.run([sys.executable, "-m", "trirender", "dataset", "show", str(out), "--out", str(tmp_path / "s.png")],
                          capture_output=True, text=True)
     assert res.returncode == 0 and (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "d"
+    # 2,000 scenes: several seconds, so the signal comes mid-run; the whole process group gets it, as
+    # from a terminal (the parent and its spawned worker)
+    cmd = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "2000", "--views", "3",
+           "--size", "16", "--shard-size", "20", "--workers", "2", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.time()
+    while not (out / "shard-00001").is_dir() and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err, err[-2000:]
+    kept = json.loads((out / "manifest.json").read_text())["shards"]
+    assert 1 <= len(kept) < 100
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert verify(out) == [] and len(json.loads((out / "manifest.json").read_text())["shards"]) == 100

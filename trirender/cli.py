@@ -400,7 +400,11 @@ def dataset_generate(
 
     check_out(out_dir, "--out", folder=True)
     cfg = DatasetConfig(family, scenes, views, size, renderer, spp, max_depth, ssaa, seed, shard_size)
-    m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
+    try:
+        m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the finished shards are kept in {out_dir}; run the same command again to resume")
+        raise typer.Exit(130) from None
     n = sum(min(cfg.scenes, (int(j) + 1) * cfg.shard_size) - int(j) * cfg.shard_size for j in m["shards"])
     part = ("" if num_shards == 1 else f" (part {shard_index} of {num_shards}; "
             + ("every part is done: manifest.json written)" if m.get("merged") else
