@@ -217,6 +217,9 @@ def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None
             names = ", ".join(loaded.graph.nodes_geometry) or "none"
             raise SceneError(source, field_path(loc[:-1] + ("node",)), f"no mesh node {node!r} in {path}; expected one of: {names}")
     elif isinstance(loaded, trimesh.Trimesh):
+        if node is not None and node != path.stem:  # a single-mesh file's one node is named after the file
+            raise SceneError(source, field_path(loc[:-1] + ("node",)),
+                             f"no mesh node {node!r} in {path}; expected {path.stem!r} (a single mesh)")
         parts.append((path.stem, loaded, None))
     out = []
     for name, geom, transform in parts:

@@ -49,6 +49,17 @@ def refuse(desc, base_dir, *field_words):
 
 
 # --- each malformed input named in DESIGN.md ---------------------------------------------------
+def test_a_node_of_a_single_mesh_file_is_checked(mesh_dir):
+    # it was ignored for PLY/OBJ/STL files (a glTF scene's node names were already checked)
+    d = minimal_description("ok.ply")
+    k = len(d["objects"]) - 1  # the mesh object
+    assert d["objects"][k]["shape"] == "mesh"
+    d["objects"][k]["node"] = "teapot"
+    refuse(d, mesh_dir, f"objects[{k}].node", "no mesh node 'teapot'", "expected 'ok'")
+    d["objects"][k]["node"] = "ok"
+    scene_from_dict(d, source=SOURCE, base_dir=mesh_dir)
+
+
 def test_unknown_key(mesh_dir):
     d = minimal_description("ok.ply")
     d["objects"][1]["colour"] = [1.0, 0.0, 0.0]
