@@ -132,7 +132,9 @@ def test_eval_and_novel_verbs(run, tmp_path):
               "--json", str(tmp_path / "e.json"))
     assert res.returncode == 0, res.stderr
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert rep["context_3"]["scenes"] == 4 and "| 3 |" in res.stdout
+    assert rep["context_3"]["scenes"] == 4 and "| 3 |" in res.stdout and "note:" not in res.stdout
+    res = cli("eval", str(run), "--data", str(test), "--context", "1", "--samples", "1", "--scenes", "1000")
+    assert res.returncode == 0 and "--scenes 1000, but" in res.stdout and "evaluated all 16" in res.stdout, res.stdout
     res = cli("novel", str(run), "--data", str(test), "--index", "2", "--context", "3", "--orbit", "4",
               "--samples", "2", "--out", str(tmp_path / "o.gif"), "--strip", str(tmp_path / "o.png"))
     assert res.returncode == 0, res.stderr

@@ -123,6 +123,9 @@ def register(app: typer.Typer) -> None:
             from render.image_io import write_json_atomic
 
             report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device)
+        used = report[f"context_{ks[0]}"]["scenes"]
+        if scenes is not None and used < scenes:
+            print(f"note: --scenes {scenes}, but {data} holds {used}; evaluated all {used}")
         print(table(report))
         if json_out:
             write_json_atomic(json_out, report)
