@@ -132,12 +132,10 @@ def _dist_setup(device: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local}"
     dev = resolve_device(device)
     if dev.type == "cuda":
-        if dev.index is None:  # set_device needs an index; "cuda" means the current device
-            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index is None:  # "cuda" or "auto": under torchrun each process its own GPU, else the current one
+            dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True  # fixed 64x64 shapes: let cuDNN pick its fastest kernels
     if world > 1 and not dist.is_initialized():
