@@ -26,6 +26,8 @@ from .errors import RenderError
 from .families import FAMILIES
 from .image_io import to_srgb8
 from .loader import scene_from_dict
+from .pathtracer import MAX_SPP
+from .schema import MAX_IMAGE_SIDE
 from .shards import (FORMAT, VERSION, ShardError, clean_temporaries, read_manifest, shard_name, sha256_file,
                      verify_shard, write_manifest, write_shard)
 
@@ -71,7 +73,7 @@ class DatasetConfig:
         for name, lo in (("scenes", 1), ("views", 1), ("size", 8), ("spp", 1), ("shard_size", 1)):
             if getattr(self, name) < lo:
                 problems.append(f"{name} {getattr(self, name)}; expected at least {lo}")
-        for name, hi in (("size", 16384), ("spp", 2**31 - 1)):  # a camera's largest image; 32-bit sample indices
+        for name, hi in (("size", MAX_IMAGE_SIDE), ("spp", MAX_SPP)):
             if getattr(self, name) > hi:
                 problems.append(f"{name} {getattr(self, name)}; expected at most {hi}")
         if self.ssaa not in (1, 2, 4):

@@ -37,7 +37,7 @@ LEAF_MAX = BLOCK  # triangles per BVH leaf at most: one SIMD block (tests raise 
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
-_state: dict[str, Any] = {"backend": None, "device": None, "kernels": None, "compiled": set()}
+_state: dict[str, Any] = {"backend": None, "device": None, "kernels": None}
 _packed_cache: "weakref.WeakKeyDictionary[Scene, dict[bool, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
 
 
@@ -118,8 +118,7 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
         used = "cpu"
     from . import pt_kernels
 
-    _state.update(backend=used, device=_gpu_name() if used == "gpu" else _cpu_name(), kernels=pt_kernels,
-                  compiled=set())
+    _state.update(backend=used, device=_gpu_name() if used == "gpu" else _cpu_name(), kernels=pt_kernels)
     return used, _state["device"]
 
 

@@ -26,13 +26,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+MAX_IMAGE_SIDE = 16384  # pixels per side of a camera's image
+
+
 class CameraSpec(Strict):
     position: Vec3
     look_at: Vec3
     up: Vec3 = [0.0, 1.0, 0.0]
     fov: Annotated[float, Field(gt=0.0, lt=180.0)] = 45.0  # vertical, degrees
-    width: Annotated[int, Field(ge=1, le=16384)] = 256
-    height: Annotated[int, Field(ge=1, le=16384)] = 256
+    width: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)] = 256
+    height: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)] = 256
     near: Positive = 0.01
     far: Positive = 1000.0
 

@@ -141,3 +141,15 @@ def test_aov_option_takes_a_list_or_repeats(tmp_path):
               "--out", str(tmp_path / "x.png"))
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.depth.exr", "x.id.png", "x.normal.exr", "x.png"]
+
+
+def test_the_cli_limits_are_the_renderers():
+    # written out in the CLI so that it starts without importing render
+    from render.pathtracer import MAX_SPP
+    from render.schema import MAX_IMAGE_SIDE
+    from trirender import cli
+
+    assert (cli.MAX_SIDE, cli.MAX_SPP) == (MAX_IMAGE_SIDE, MAX_SPP)
+    res = subprocess.run([sys.executable, "-c", "import sys, trirender.cli; print('render' in sys.modules)"],
+                         capture_output=True, text=True)
+    assert res.stdout.strip() == "False", res.stderr

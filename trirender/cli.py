@@ -63,10 +63,12 @@ def check_out(path: Optional[Path], option: str, suffixes: tuple[str, ...] = (),
         raise typer.BadParameter(f"{path}: cannot write in {place} ({exc.strerror or exc})", param_hint=option) from None
 
 
-def check_distinct(*outputs: tuple[Optional[Path], str]) -> None:
-    """Refuse two output options naming the same file (the second write would replace the first)."""
+def check_outputs(*outputs: tuple) -> None:
+    """``check_out`` for each (path, option[, suffixes]) of one command, then refuse two of them
+    naming the same file (the second write would replace the first)."""
     seen: dict[Path, str] = {}
-    for path, option in outputs:
+    for path, option, *suffixes in outputs:
+        check_out(path, option, *suffixes)
         if path is None:
             continue
         key = path.absolute().resolve()
@@ -76,8 +78,12 @@ def check_distinct(*outputs: tuple[Optional[Path], str]) -> None:
 
 
 Seed = typer.Option(0, min=0, help="Random seed (path tracer noise; built-in procedural scenes).")
-Width = typer.Option(None, min=1, max=16384, help="Override the camera's image width.")  # the scene format's range
-Height = typer.Option(None, min=1, max=16384, help="Override the camera's image height.")
+# render.schema.MAX_IMAGE_SIDE and render.pathtracer.MAX_SPP, written out so that the CLI starts
+# without importing render (a quarter of a second); a test keeps them equal
+MAX_SIDE = 16384
+MAX_SPP = 2**31 - 1
+Width = typer.Option(None, min=1, max=MAX_SIDE, help="Override the camera's image width.")
+Height = typer.Option(None, min=1, max=MAX_SIDE, help="Override the camera's image height.")
 
 
 def _load(spec: str, seed: int = 0):
@@ -127,8 +133,8 @@ def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ri
 @scene_app.command("convert")
 def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/glTF, OBJ, PLY, STL) or a TOML scene."),
                   out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
-                  width: int = typer.Option(512, min=1, max=16384, help="Image width of the framing camera."),
-                  height: int = typer.Option(512, min=1, max=16384, help="Image height of the framing camera.")):
+                  width: int = typer.Option(512, min=1, max=MAX_SIDE, help="Image width of the framing camera."),
+                  height: int = typer.Option(512, min=1, max=MAX_SIDE, help="Image height of the framing camera.")):
     """Convert a mesh/scene file into a TOML scene (materials, framing camera, default light)."""
     from render import load_scene, save_scene
     from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
@@ -153,7 +159,7 @@ def render_cmd(
     camera_index: int = typer.Option(0, "--camera", help="Which of the scene's cameras to use."),
     ssaa: int = typer.Option(1, help="Raster: supersampling factor per axis (1, 2 or 4)."),
     shadows: bool = typer.Option(True, help="Raster: shadow maps on/off."),
-    spp: int = typer.Option(64, min=1, max=2**31 - 1, help="Path: samples per pixel."),
+    spp: int = typer.Option(64, min=1, max=MAX_SPP, help="Path: samples per pixel."),
     max_depth: int = typer.Option(8, min=-1, help="Path: maximum path segments (0 black, 1 emitters only, 2 direct, "
                                                    "-1 unbounded)."),
     seed: int = Seed,
@@ -174,9 +180,7 @@ def render_cmd(
             raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")
     if time_budget is not None and not time_budget > 0:
         raise typer.BadParameter(f"{time_budget}; expected seconds > 0", param_hint="--time")
-    check_out(out_path, "--out", (".png", ".exr"))
-    check_out(stats, "--stats")
-    check_distinct((out_path, "--out"), (stats, "--stats"))
+    check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"))
     t0 = time.perf_counter()
     s = _load(scene, seed)
     if not 0 <= camera_index < len(s.cameras):
@@ -260,9 +264,7 @@ def compare_cmd(
     from render.metrics import compare_picture, footer_text
 
     _check_ssaa(ssaa)
-    check_out(out_path, "--out", (".png",))
-    check_out(json_out, "--json")
-    check_distinct((out_path, "--out"), (json_out, "--json"))
+    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"))
     s = _load(scene, seed)
     model = None
     if neural is not None:
@@ -339,9 +341,7 @@ def convergence_cmd(
     from render.metrics import convergence_plot
 
     _check_ssaa(ssaa)
-    check_out(out_path, "--out", (".png",))
-    check_out(json_out, "--json")
-    check_distinct((out_path, "--out"), (json_out, "--json"))
+    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"))
     s = _load(scene, seed)
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
