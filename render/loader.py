@@ -31,6 +31,10 @@ MESH_SUFFIXES = {".obj", ".ply", ".stl", ".glb", ".gltf", ".off"}
 TOP_LEVEL_KEYS = ("camera", "cameras", "materials", "objects", "lights", "environment")
 # Triangles with less area than this (m^2) are dropped from meshes as degenerate.
 MIN_TRIANGLE_AREA = 1e-14
+# Scene coordinates stay within +-MAX_COORDINATE (metres). The ray-triangle tests run in float32 with
+# the barycentrics scaled by the determinant (t * det grows as size**3), which overflows for
+# triangles larger than ~7e12; 1e12 leaves room and is far beyond any scene float32 can resolve.
+MAX_COORDINATE = 1e12
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -333,6 +337,10 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
         if not keep.all():
             warnings.warn(f"{source}: {field_path(loc)}: dropped {int((~keep).sum())} degenerate triangle(s)", stacklevel=2)
         p, n, uv = p[keep], n[keep], uv[keep]
+        reach = float(np.abs(p).max())
+        if reach > MAX_COORDINATE:
+            raise SceneError(source, field_path(loc), f"a vertex lies {reach:.3g} m from the origin once placed; "
+                             f"expected coordinates within +-{MAX_COORDINATE:.0e} m (float32 ray tests)")
         name = spec.name or f"{spec.shape}{i}"
         records.append(SceneObject(name=name, shape=spec.shape, material=spec.material, params=params,
                                    translate=tuple(spec.translate), rotate=tuple(spec.rotate), scale=tuple(spec.scale)))
@@ -380,8 +388,6 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
         materials=tuple(materials), objects=tuple(records), lights=tuple(lights),
         environment=env, cameras=tuple(cameras), textures=tuple(textures), source=source,
     )
-    if not np.isfinite(scene.positions).all():
-        raise SceneError(source, "objects", "a transformed vertex overflowed float32; expected coordinates below 3e38")
     return scene
 
 

@@ -51,7 +51,7 @@ RR_DEPTH = 5  # Russian roulette from this many segments on (Mitsuba's rr_depth)
 RAY_EPS = 1e-4  # relative origin offset along the geometric normal (avoids self-intersection)
 DELTA_ROUGHNESS = 1e-4  # metal below this GGX alpha is a perfect mirror
 INV_PI = 1.0 / math.pi
-MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (scene coordinates stay below 1e20)
+MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (the loader keeps coordinates within 1e12)
 
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
 ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)

@@ -3,6 +3,7 @@ expected -- never a crash and never a half-built scene (DESIGN.md, "The scene").
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -112,6 +113,18 @@ def test_zero_area_light(mesh_dir):
     d = minimal_description()
     d["objects"][1]["size"] = [0.5, 1e-300]
     refuse(d, mesh_dir, "objects[1]", "zero-area light")
+
+
+@pytest.mark.parametrize("scale", [1e13, 1e39])
+def test_coordinates_beyond_float32_ray_tests_are_refused(mesh_dir, scale):
+    # 1e39 overflows float32 itself; 1e13 does not, but float32 ray-triangle tests would miss it
+    d = minimal_description()
+    d["objects"][0]["scale"] = scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning before the error
+        refuse(d, mesh_dir, "objects[0]", f"{render.loader.MAX_COORDINATE:.0e}")
+    d["objects"][0]["scale"] = 1e11
+    assert np.abs(scene_from_dict(d, source=SOURCE, base_dir=mesh_dir).positions).max() > 1e10
 
 
 def test_camera_looking_along_up(mesh_dir):
