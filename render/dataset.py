@@ -44,8 +44,9 @@ RENDERERS = ("raster", "path", "both")
 # GPU images round differently, CPU images are unchanged bit for bit). 7: the path tracer's shadow
 # rays aimed from their offset origin (lights no longer hide themselves from points near their plane
 # or far from the origin), NEE on black metals, normals against the winding shaded; environment maps
-# oriented as Mitsuba's envmap in both renderers (no family uses one).
-RENDER_REVISION = 7
+# oriented as Mitsuba's envmap in both renderers (no family uses one). 8: glass's Fresnel term
+# from |cos| where wo dips below an interpolated normal (it reflected everything there).
+RENDER_REVISION = 8
 
 
 @dataclass(frozen=True)

@@ -509,7 +509,9 @@ def bsdf_sample(mtype, base, alpha, ior, entering, wo, u1, u2, u3):
         delta = 1
         pdf = 1.0
         eta = ior if entering else 1.0 / ior
-        cos_i = wo.z
+        # |cos|: wo can fall below an interpolated shading normal near a silhouette while it is on
+        # the geometric normal's side; the signed cosine there gave Fresnel reflectances above 1
+        cos_i = ti.abs(wo.z)
         F, cos_t = fresnel_dielectric(cos_i, eta)
         if u3 < F:  # choose reflection with probability F: the Fresnel factor cancels in the weight
             wi = vec3(-wo.x, -wo.y, wo.z)

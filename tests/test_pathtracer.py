@@ -286,6 +286,21 @@ def test_glass_sampling_follows_fresnel(theta, entering):
         np.testing.assert_allclose(s.weight[~reflected], 1.0 / eta ** 2, rtol=1e-6)
 
 
+def test_glass_below_the_shading_normal_reflects_the_fresnel_fraction():
+    # near a smooth sphere's silhouette wo can dip below the interpolated normal (theta > 90 deg):
+    # the reflected fraction is still Fresnel's at |cos theta| (the signed cosine gave F > 1, all reflected)
+    ior, theta, n = 1.5, 95.0, 100_000
+    wo = _dir(theta)
+    s = pt.sample_bsdf("glass", (1.0, 1.0, 1.0), wo, n, ior=ior, seed=5)
+    cos_i = abs(math.cos(math.radians(theta)))
+    cos_t = math.sqrt(1 - (1 - cos_i ** 2) / ior ** 2)
+    F = 0.5 * (((cos_i - ior * cos_t) / (cos_i + ior * cos_t)) ** 2 + ((ior * cos_i - cos_t) / (ior * cos_i + cos_t)) ** 2)
+    reflected = np.abs(s.wi - [-wo[0], -wo[1], wo[2]]).max(axis=1) < 1e-6
+    assert 0.5 < F < 0.9
+    assert abs(reflected.mean() - F) < 5 * math.sqrt(F * (1 - F) / n), (reflected.mean(), F)
+    np.testing.assert_allclose(s.weight[~reflected], 1.0 / ior ** 2, rtol=1e-6)
+
+
 def test_total_internal_reflection():
     s = pt.sample_bsdf("glass", (1.0, 1.0, 1.0), _dir(60.0), 10_000, ior=1.5, entering=False)
     assert (s.wi[:, 2] > 0).all()  # beyond the critical angle (41.8 degrees) nothing leaves
