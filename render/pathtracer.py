@@ -163,6 +163,24 @@ def _simd_leaves(backend: str) -> bool:
     return backend == "cpu"
 
 
+RAND_LEVELS = 2 ** 24  # pt_kernels.rand() returns m / 2**24, m = 0 .. 2**24 - 1
+
+
+def emitter_cdf(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 CDF the kernel's binary search picks emitters from (index k takes the uniforms
+    u with cdf[k-1] < u <= cdf[k]), and the probability (E,) float64 with which it really picks each.
+
+    That probability, not power / total, is what the light pdf must use: with a million emitters
+    a bin spans only ~16 of rand()'s 2**24 levels and ~16 float32 steps of the CDF, so the two differ
+    by several per cent (a bin can even be empty), and an estimator weighted with the nominal pmf
+    would make a uniformly bright emitter blotchy."""
+    pmf = power / power.sum()
+    cdf = np.cumsum(pmf).astype(np.float32)
+    cdf[-1] = 1.0
+    upto = np.minimum(np.floor(cdf.astype(np.float64) * RAND_LEVELS) + 1.0, RAND_LEVELS)  # levels m with m/2^24 <= cdf[k]
+    return cdf, np.diff(upto, prepend=0.0) / RAND_LEVELS
+
+
 def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
     """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order),
     with SIMD leaf blocks or one-by-one leaves (``_simd_leaves``)."""
@@ -218,9 +236,7 @@ def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
     tri_pdf = np.zeros(len(pos), np.float32)
     emit_cdf = np.ones(1, np.float32)
     if n_emit:
-        pmf = power[emit_tri] / power[emit_tri].sum()
-        emit_cdf = np.cumsum(pmf).astype(np.float32)
-        emit_cdf[-1] = 1.0
+        emit_cdf, pmf = emitter_cdf(power[emit_tri])
         tri_pdf[emit_tri] = (p_group * pmf / area[emit_tri]).astype(np.float32)
 
     def rgb(img) -> np.ndarray:  # (H, W, 3) float32 from grey, grey+alpha, RGB or RGBA

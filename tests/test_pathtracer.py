@@ -322,6 +322,18 @@ def _lit_scene():
     })
 
 
+def test_emitter_pdf_is_the_probability_the_search_really_picks():
+    # a million emitters: each CDF bin spans ~16 of rand()'s 2^24 levels, so the nominal share of
+    # power is off by several per cent; the light pdf must be the share the kernel's search gives
+    power = np.random.default_rng(3).uniform(1e-3, 1.0, 1_000_000)
+    cdf, pmf = pt.emitter_cdf(power)
+    u = np.arange(pt.RAND_LEVELS, dtype=np.float32) * np.float32(2.0 ** -24)  # every value rand() returns
+    picked = np.bincount(np.searchsorted(cdf, u, side="left"), minlength=len(power))  # cdf_find's rule
+    np.testing.assert_array_equal(picked, pmf * pt.RAND_LEVELS)
+    assert pmf.sum() == 1.0
+    assert np.abs(pmf / (power / power.sum()) - 1.0).max() > 0.05  # what the nominal pmf got wrong
+
+
 @pytest.mark.parametrize("scene_name", ["cornell", "lit", "lit_by_a_map"])
 def test_nee_bsdf_and_mis_agree(scene_name):
     scene = render.cornell_box(width=32, height=32) if scene_name == "cornell" else _lit_scene()
