@@ -83,7 +83,7 @@ def _check_request(width: int, height: int, ssaa: int, views: int = 1, workers: 
     have = _memory_bytes()
     if need > 0.8 * have:
         raise RenderError(f"image size {width}x{height} at ssaa {ssaa} for {views} view(s) needs "
-                          f"{need / 2**30:.1f} GiB of buffers but this machine has {have / 2**30:.1f} GiB; "
+                          f"{need / 2**30:.1f} GiB of buffers, more than 80 % of this machine's {have / 2**30:.1f} GiB; "
                           "lower the resolution, ssaa or the batch size")
 
 

@@ -97,6 +97,7 @@ def test_scene_convert_glb(tmp_path):
     (("novel", ".", "--scene", "cornell_box", "--out", "o.mp4"), "expected a .gif file name"),
     # numbers out of range, refused before any work
     (("render", "cornell_box", "--seed", "-1"), "--seed"),
+    (("render", "cornell_box", "--backend", "tpu"), "'--backend': 'tpu' is not one of 'auto', 'cpu', 'gpu'."),
     (("render", "cornell_box", "--width", "0"), "--width"),
     (("render", "cornell_box", "--max-depth", "-2"), "--max-depth"),
     (("convergence", "cornell_box", "--ssaa", "3"), "--ssaa"),

@@ -491,6 +491,9 @@ def main(argv: list[str] | None = None) -> None:
         show = getattr(exc, "show", None)
         if show is None:
             raise
+        message = getattr(exc, "message", None)
+        if isinstance(message, str) and message.startswith("Value error, "):  # pydantic's prefix, via typer
+            exc.message = message[len("Value error, "):]
         show()
         sys.exit(getattr(exc, "exit_code", 2))
 
