@@ -46,7 +46,9 @@ RENDERERS = ("raster", "path", "both")
 # or far from the origin), NEE on black metals, normals against the winding shaded; environment maps
 # oriented as Mitsuba's envmap in both renderers (no family uses one). 8: glass's Fresnel term
 # from |cos| where wo dips below an interpolated normal (it reflected everything there); the
-# emitter pick's pdf is the probability the kernel's search really gives (changes images by ~1e-7).
+# emitter pick's pdf is the probability the kernel's search really gives (changes images by ~1e-7);
+# camera rays clipped to the camera's near and far planes (start on the near plane); conservative
+# slab tests and a 1e-5 barycentric slack, so rays through creases and seams no longer leak.
 RENDER_REVISION = 8
 
 

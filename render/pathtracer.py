@@ -304,10 +304,11 @@ def _triangle_blocks(v0e1e2: np.ndarray, node_i: np.ndarray) -> tuple[np.ndarray
 
 
 def _camera_row(cam: Camera) -> np.ndarray:
-    """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward."""
+    """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward, near, far."""
     right, up, fwd = cam.basis()
     tan_half = math.tan(math.radians(cam.fov) / 2.0)
-    return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd]).astype(np.float32)
+    return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd,
+                           [cam.near, cam.far]]).astype(np.float32)
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",

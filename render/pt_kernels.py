@@ -51,6 +51,11 @@ RR_DEPTH = 5  # Russian roulette from this many segments on (Mitsuba's rr_depth)
 RAY_EPS = 1e-4  # relative origin offset along the geometric normal (avoids self-intersection)
 DELTA_ROUGHNESS = 1e-4  # metal below this GGX alpha is a perfect mirror
 INV_PI = 1.0 / math.pi
+BOX_SLACK = 1.0 + 2.0 * (3 * 2.0 ** -24) / (1 - 3 * 2.0 ** -24)  # 1 + 2 gamma(3) (pbrt-v4's robust slab test)
+# Barycentric slack (relative to the triangle): the float32 barycentrics of a ray through an edge
+# shared by two triangles carry rounding errors of a few 1e-7 each way, so with exact bounds both
+# triangles can reject it and the ray leaks through the seam; 1e-5 of a triangle's size is invisible.
+EDGE_SLACK = 1.0e-5
 MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (the loader keeps coordinates within 1e12)
 
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
@@ -122,13 +127,18 @@ def max3(v):
 
 # --- BVH traversal --------------------------------------------------------------------------------
 @ti.func
-def box_entry(lo, hi, o_inv, inv, t_max):
+def box_entry(lo, hi, o, inv, t_max):
     """Slab test: the distance where the ray enters the box, or MISS when it misses within t_max.
-    (Finite sentinels only: the kernels are compiled with fast math, which may assume no infinities.)"""
-    ta = lo * inv - o_inv
-    tb = hi * inv - o_inv
+    (Finite sentinels only: the kernels are compiled with fast math, which may assume no infinities.)
+    Conservative, as pbrt-v4's: each slab distance (b - o) / d is within 1.5 ulp of the exact one, so
+    the exit distance stretched by BOX_SLACK cannot fall below the entry of a box the ray touches. A
+    wall's box is flat, and where two walls meet a ray through the crease enters and leaves both
+    boxes at the same distance: computed as lo / d - o / d (one operation less) the two rounded
+    apart and 1 % of rays aimed at a closed room's creases left it."""
+    ta = (lo - o) * inv
+    tb = (hi - o) * inv
     t0 = ti.max(ti.min(ta, tb).max(), 0.0)
-    t1 = ti.min(ti.max(ta, tb).min(), t_max)
+    t1 = ti.min(ti.max(ta, tb).min() * BOX_SLACK, t_max)
     return t0 if t0 <= t1 else MISS
 
 
@@ -161,7 +171,8 @@ def block_hit(o, d, b, best_t, tri_blk: ti.template()):
     qz = sx * e1y - sy * e1x
     v = (d.x * qx + d.y * qy + d.z * qz) * sgn
     t = (e2x * qx + e2y * qy + e2z * qz) * sgn
-    hit = (adet > 0.0) & (u >= 0.0) & (v >= 0.0) & (u + v <= adet) & (t > 0.0) & (t < best_t * adet)
+    slack = adet * EDGE_SLACK
+    hit = (adet > 0.0) & (u >= -slack) & (v >= -slack) & (u + v <= adet + slack) & (t > 0.0) & (t < best_t * adet)
     inv = 1.0 / ti.select(hit, adet, 1.0)
     tl = ti.select(hit, t * inv, MISS)
     t_hit = tl.min()
@@ -192,7 +203,6 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     # a zero direction component becomes a tiny one: 1/d stays finite (fast math assumes no inf)
     d_safe = ti.select(ti.abs(d) < 1e-20, ti.select(d < 0.0, -1e-20, 1e-20), d)
     inv = 1.0 / d_safe
-    o_inv = o * inv
     best_t = t_max
     best = -1
     bu = 0.0
@@ -201,7 +211,7 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
     stack_t = ti.Vector([0.0] * STACK, ti.f32)
     sp = 0
     node = 0
-    done = box_entry(node_lo[0], node_hi[0], o_inv, inv, best_t) >= MISS
+    done = box_entry(node_lo[0], node_hi[0], o, inv, best_t) >= MISS
     while not done:
         info = node_i[node]
         if info[1] > 0:
@@ -226,12 +236,13 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
                     if det != 0.0:
                         sgn = 1.0 if det > 0.0 else -1.0
                         adet = det * sgn
+                        slack = adet * EDGE_SLACK
                         s = o - v0
                         u = s.dot(pv) * sgn
-                        if u >= 0.0 and u <= adet:
+                        if u >= -slack and u <= adet + slack:
                             q = s.cross(e1)
                             v = d.dot(q) * sgn
-                            if v >= 0.0 and u + v <= adet:
+                            if v >= -slack and u + v <= adet + slack:
                                 t = e2.dot(q) * sgn
                                 if t > 0.0 and t < best_t * adet:
                                     idet = 1.0 / adet
@@ -252,8 +263,8 @@ def intersect(o, d, t_max, any_hit: ti.template(), node_lo: ti.template(), node_
         else:
             left = node + 1
             right = info[0]
-            tl = box_entry(node_lo[left], node_hi[left], o_inv, inv, best_t)
-            tr = box_entry(node_lo[right], node_hi[right], o_inv, inv, best_t)
+            tl = box_entry(node_lo[left], node_hi[left], o, inv, best_t)
+            tr = box_entry(node_lo[right], node_hi[right], o, inv, best_t)
             if tl < MISS and tr < MISS:
                 if tl <= tr:
                     node = left
@@ -545,7 +556,7 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
 
 
 @ti.func
-def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
+def radiance(o, d, fwd, near, far, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
              normal_aov: ti.template(), albedo_aov: ti.template(), obj_aov: ti.template(), tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
              tri_blk: ti.template(), emit_tri: ti.template(), emit_cdf: ti.template(), mat_i: ti.template(),
@@ -554,6 +565,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
              env_cdf: ti.template(), env_pmf: ti.template(), params: ti.template(), simd: ti.template()):
     """Li(o, d): radiance arriving at o from direction -d, by unidirectional path tracing with
     next-event estimation; both strategies are combined by the power heuristic (mode MIS).
+    The camera ray sees only what lies between the planes at near and far along fwd (the camera's
+    clip planes, as Mitsuba's sensors and the rasterizer have them); later segments are unbounded.
 
     Light groups, each picked with probability 1 / n_groups by next-event estimation:
     the emitter triangles together (one picked by power, a point on it uniformly by area), each
@@ -580,8 +593,12 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
     prev_pdf = 1.0  # solid-angle pdf of the BSDF sample that made this segment
     prev_delta = 1  # that sample was a delta lobe (or the camera): no MIS for what it hits
     depth = 0  # segments traced before the current one
+    cos_f = d.dot(fwd)
+    o = o + d * (near / cos_f)  # the camera ray starts on the near plane ...
+    t_seg = (far - near) / cos_f  # ... and ends on the far one
     while True:
-        t, k, b1, b2 = intersect(o, d, 1.0e30, False, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
+        t, k, b1, b2 = intersect(o, d, t_seg, False, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
+        t_seg = 1.0e30
         if k < 0:
             if aov:
                 depth_aov[pix] = ti.math.inf
@@ -607,7 +624,7 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
         front = d.dot(ng) < 0.0
         base = base_color(m, uv, mat_i, mat_f, tex, tex_info)
         if aov:
-            depth_aov[pix] = t * d.dot(fwd)
+            depth_aov[pix] = near + t * cos_f
             normal_aov[pix] = ns
             albedo_aov[pix] = base
             obj_aov[pix] = tri_i[k][1]
@@ -748,8 +765,8 @@ def radiance(o, d, fwd, state: ti.template(), max_depth, mode, pix, aov, depth_a
 # --- kernels --------------------------------------------------------------------------------------
 @ti.func
 def camera_ray(cams: ti.template(), v, px, py, width, height):
-    """Ray of view v through raster point (px, py); cams (V, 12): origin, right * tan(fov/2) * aspect,
-    up * tan(fov/2), forward."""
+    """Ray of view v through raster point (px, py); cams (V, 14): origin, right * tan(fov/2) * aspect,
+    up * tan(fov/2), forward, near, far."""
     origin = vec3(cams[v, 0], cams[v, 1], cams[v, 2])
     right = vec3(cams[v, 3], cams[v, 4], cams[v, 5])
     up = vec3(cams[v, 6], cams[v, 7], cams[v, 8])
@@ -789,7 +806,7 @@ def render_pass(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, w
                 jx = rand(state)
                 jy = rand(state)
             o, d, fwd = camera_ray(cams, v, col + jx, row + jy, width, height)
-            acc += radiance(o, d, fwd, state, max_depth, mode, q, s < 0, depth, normal, albedo, obj,
+            acc += radiance(o, d, fwd, cams[v, 12], cams[v, 13], state, max_depth, mode, q, s < 0, depth, normal, albedo, obj,
                             tri_v, tri_n, tri_uv, tri_i, tri_pdf, node_lo, node_hi, node_i, tri_blk, emit_tri, emit_cdf,
                             mat_i, mat_f, tex, tex_info, light_i, light_f, env_cdf, env_pmf, params, simd)
         accum[q] += acc

@@ -435,6 +435,26 @@ def test_aovs_on_cornell_box():
     assert f.rgb.dtype == np.float32 and f.object_id.dtype == np.int32
 
 
+def test_camera_rays_are_clipped_to_near_and_far_like_the_rasterizer():
+    rasterizer = pytest.importorskip("render.rasterizer")
+    scene = render.scene_from_dict({
+        "camera": {**cam((0.0, 0.0, 0.0), (0.0, 0.0, -1.0)), "near": 0.5, "far": 5.0},
+        "materials": {"w": {"type": "diffuse", "albedo": [0.5, 0.5, 0.5]}},
+        "objects": [{"shape": "quad", "material": "w", "translate": [0, 0, -0.2], "size": [0.2, 0.2]},  # before near
+                    {"shape": "quad", "material": "w", "translate": [0, 0, -3], "size": [1, 1]},
+                    {"shape": "quad", "material": "w", "translate": [0, 0, -8], "size": [20, 20]}],  # beyond far
+        "environment": {"radiance": [1.0, 1.0, 1.0]}})
+    p = trace(scene, spp=4, max_depth=3)
+    r = rasterizer.rasterize(scene, scene.camera)
+    assert set(np.unique(p.object_id)) == {-1, 1}
+    middle = p.object_id == 1
+    assert 100 < middle.sum() < 400
+    assert (p.object_id == r.object_id).mean() > 0.97  # silhouette pixels aside
+    np.testing.assert_allclose(p.depth[middle], 3.0, rtol=1e-5)
+    # where the clipped far wall would be, the environment is seen
+    np.testing.assert_allclose(p.rgb[interior(p.object_id < 0)], 1.0, rtol=1e-6)
+
+
 def test_aovs_agree_with_rasterizer():
     rasterizer = pytest.importorskip("render.rasterizer")
     scene = render.cornell_box(width=64, height=64)
@@ -635,6 +655,30 @@ def test_kernel_traversal_matches_brute_force(simd, monkeypatch):
     assert hit.sum() > 200
     np.testing.assert_allclose(t[hit], t_ref[hit], rtol=1e-4, atol=1e-5)
     assert (tri[hit] == tri_ref[hit]).mean() > 0.99  # float32 may flip near-ties
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch):
+    # a closed box seen from inside: every ray hits a wall, including rays aimed exactly at the
+    # creases and corners where walls meet and at the diagonals where a wall's two triangles meet
+    # (the node boxes of flat walls are flat; Moller-Trumbore alone is not watertight)
+    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd)
+    scene = render.scene_from_dict({"camera": cam((0, 0, 0), (0, 0, -1)), "materials": {"m": {"type": "diffuse"}},
+                                    "objects": [{"shape": "box", "material": "m", "size": [2.0, 2.0, 2.0],
+                                                 "rotate": [0.0, 0.0, 0.0], "translate": [0.0, 1.0, 0.0]}]})
+    rng = np.random.default_rng(9)
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (0, 2) for z in (-1, 1)], np.float64)
+    pairs = [(a, b) for a in range(8) for b in range(a + 1, 8)
+             if (corners[a] != corners[b]).sum() < 3]  # edges and face diagonals: lines on the walls
+    a, b = corners[[p[0] for p in pairs]], corners[[p[1] for p in pairs]]
+    u = rng.uniform(0, 1, (len(pairs), 64, 1))
+    targets = np.concatenate([(a[:, None] + u * (b - a)[:, None]).reshape(-1, 3), corners])
+    origins = rng.uniform([-0.9, 0.1, -0.9], [0.9, 1.9, 0.9], (len(targets), 3))
+    d = targets - origins
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    t, tri = pt.trace_rays(scene, origins, d)
+    assert (tri >= 0).all(), f"{int((tri < 0).sum())} of {len(tri)} rays leaked"
+    np.testing.assert_allclose(t, np.linalg.norm(targets - origins, axis=1), rtol=1e-4)
 
 
 def test_bad_settings_are_refused():
