@@ -125,7 +125,10 @@ def _camera(spec: schema.CameraSpec, source: str, loc: tuple) -> Camera:
         raise SceneError(source, field_path(loc), str(exc)) from None
 
 
-def _texture(path: Path, source: str, loc: tuple) -> np.ndarray:
+def _texture(path: Path, source: str, loc: tuple, hi: float | None = 1.0) -> np.ndarray:
+    """An image's linear RGB (H, W, 3) float32, its values checked against [0, hi] (hi None: no upper
+    bound): a texture stands for a colour (albedo, F0, tint) and obeys the colours' [0, 1]; an
+    environment map is radiance, >= 0. Only EXR can hold values outside [0, 1]."""
     from .image_io import read_image
 
     try:
@@ -136,6 +139,10 @@ def _texture(path: Path, source: str, loc: tuple) -> np.ndarray:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.size == 0 or not np.isfinite(img).all():
         raise SceneError(source, field_path(loc), f"image {path} is empty or holds non-finite values")
+    lo, top = float(img.min()), float(img.max())
+    if lo < 0.0 or (hi is not None and top > hi):
+        want = f"values in [0, {hi:g}] (a colour)" if hi is not None else "values >= 0 (radiance)"
+        raise SceneError(source, field_path(loc), f"image {path} holds values from {lo:.4g} to {top:.4g}; expected {want}")
     return np.ascontiguousarray(img, np.float32)
 
 
@@ -179,7 +186,7 @@ def _soup_from_trimesh(mesh, transform: np.ndarray | None = None):
     f = np.asarray(mesh.faces, np.int64)
     uv = getattr(mesh.visual, "uv", None)
     uv = np.zeros((len(v), 2)) if uv is None or len(uv) != len(v) else np.asarray(uv, np.float64)
-    p = v[f]
+    p, uvf = v[f], uv[f]
     if has_normals:
         n = np.asarray(mesh.vertex_normals, np.float64)[f]
     else:
@@ -189,14 +196,14 @@ def _soup_from_trimesh(mesh, transform: np.ndarray | None = None):
         p = p @ m[:3, :3].T + m[:3, 3]
         if n is not None:
             n = n @ np.linalg.inv(m[:3, :3])
-        if np.linalg.det(m[:3, :3]) < 0:
-            p = p[:, [0, 2, 1]]
+        if np.linalg.det(m[:3, :3]) < 0:  # a mirroring node: reverse the corner order (front face stays CCW)
+            p, uvf = p[:, [0, 2, 1]], uvf[:, [0, 2, 1]]
             n = None if n is None else n[:, [0, 2, 1]]
     if n is None:
         fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
         fn = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-300)
         n = np.repeat(fn[:, None, :], 3, axis=1)
-    return p, n, uv[f]
+    return p, n, uvf
 
 
 def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None) -> list[tuple[str, tuple, Any]]:
@@ -258,8 +265,9 @@ def _world_soup(local, translate, rotate, scale):
     """Object -> world, and which triangles to keep (finite, with area above MIN_TRIANGLE_AREA)."""
     p, n, uv = apply_transform(local, translate, rotate, scale)
     e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
-    c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
-    area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite input is refused by the caller
+        c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
+        area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
     keep = np.isfinite(area) & (area > MIN_TRIANGLE_AREA) & np.isfinite(n).all(axis=(1, 2))
     return p, n, uv, keep
 
@@ -331,16 +339,16 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
                                           tuple(spec.scale))
         else:  # mesh files may change between loads; big shapes would make the cache big
             p, n, uv, keep = _world_soup(local, spec.translate, spec.rotate, spec.scale)
+        reach = float(np.abs(p).max()) if p.size else 0.0  # before the area test: a huge scale overflows areas
+        if reach > MAX_COORDINATE:
+            raise SceneError(source, field_path(loc), f"a vertex lies {reach:.3g} m from the origin once placed; "
+                             f"expected coordinates within +-{MAX_COORDINATE:.0e} m (float32 ray tests)")
         if not keep.any():
             what = "light" if materials[mat_index[spec.material]].type == "emitter" else "object"
             raise SceneError(source, field_path(loc), f"zero-area {what}: every triangle is degenerate; expected triangles with non-zero area")
         if not keep.all():
             warnings.warn(f"{source}: {field_path(loc)}: dropped {int((~keep).sum())} degenerate triangle(s)", stacklevel=2)
         p, n, uv = p[keep], n[keep], uv[keep]
-        reach = float(np.abs(p).max())
-        if reach > MAX_COORDINATE:
-            raise SceneError(source, field_path(loc), f"a vertex lies {reach:.3g} m from the origin once placed; "
-                             f"expected coordinates within +-{MAX_COORDINATE:.0e} m (float32 ray tests)")
         name = spec.name or f"{spec.shape}{i}"
         records.append(SceneObject(name=name, shape=spec.shape, material=spec.material, params=params,
                                    translate=tuple(spec.translate), rotate=tuple(spec.rotate), scale=tuple(spec.scale)))
@@ -374,7 +382,7 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
         spec = _validate(schema.EnvironmentSpec, desc["environment"], source, ("environment",))
         if spec.file is not None:
             path = _resolve(base_dir, spec.file, source, ("environment", "file"), "environment")
-            img = _texture(path, source, ("environment", "file"))
+            img = _texture(path, source, ("environment", "file"), hi=None)
             env = Environment(tuple(spec.radiance or (1.0, 1.0, 1.0)), img, str(path))
         else:
             env = Environment(tuple(spec.radiance or (0.0, 0.0, 0.0)))
@@ -411,12 +419,20 @@ def _linear_base_color(geom) -> tuple[float, float, float]:
     8-bit colours of other formats are sRGB-encoded)."""
     from .image_io import srgb_decode
 
+    from trimesh.visual.color import DEFAULT_COLOR
+
     mat = getattr(geom.visual, "material", None)
     factor = getattr(mat, "baseColorFactor", None)
     if factor is not None:
-        c = np.asarray(factor, np.float64)[:3]
-        return tuple(float(x) for x in (c / 255.0 if c.max() > 1.0 else c))
-    if mat is not None and getattr(mat, "diffuse", None) is not None:
+        c = np.asarray(factor)[:3]
+        # trimesh keeps glTF's linear factor as uint8 (a float one as given): the dtype says which,
+        # not the values (a near-black 0.004 arrives as 1 and was taken for white)
+        return tuple(float(x) for x in (c / 255.0 if np.issubdtype(c.dtype, np.integer) else c))
+    # trimesh gives uv-mapped meshes without a material (an OBJ without .mtl) a placeholder of its
+    # default grey with a 2 x 2 image: that is no colour, not a dark grey of 0.13
+    placeholder = (getattr(mat, "image", None) is not None and max(mat.image.size) <= 2
+                   and np.array_equal(np.asarray(getattr(mat, "diffuse", DEFAULT_COLOR))[:3], DEFAULT_COLOR[:3]))
+    if mat is not None and getattr(mat, "diffuse", None) is not None and not placeholder:
         c = np.asarray(mat.diffuse, np.float64)[:3] / 255.0
     elif getattr(geom.visual, "kind", None) in ("face", "vertex"):
         c = np.asarray(geom.visual.main_color, np.float64)[:3] / 255.0

@@ -217,10 +217,10 @@ def apply_transform(s: Soup, translate, rotate, scale) -> Soup:
     # (3T, 3) @ (3, 3): one matrix product with R S (and R S^-1) folded, not T stacked 3 x 3 ones
     p2 = (p.reshape(-1, 3) @ (r * sc).T).reshape(p.shape)
     p2 += np.asarray(translate, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate input is dropped by the loader
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # degenerate or huge input: the loader drops or refuses it
         n2 = (n.reshape(-1, 3) @ (r / sc).T).reshape(n.shape)
         n2 /= np.sqrt(np.einsum("...i,...i->...", n2, n2))[..., None]
-    if np.prod(sc) < 0:
+    if np.prod(np.sign(sc)) < 0:  # (the signs: the product of huge scales overflows)
         order = [0, 2, 1]
         p2, n2, uv = p2[:, order], n2[:, order], uv[:, order]
     return p2, n2, uv

@@ -297,6 +297,29 @@ def test_mesh_file_as_a_scene(tmp_path, ext):
     assert same_arrays(s, load_toml(tmp_path / "conv" / "model.toml"))
 
 
+def test_mesh_file_colours_and_uvs(tmp_path):
+    # a near-black glTF base colour stays near black (trimesh stores the factor as uint8)
+    dark = trimesh.creation.box()
+    dark.visual = trimesh.visual.TextureVisuals(
+        material=trimesh.visual.material.PBRMaterial(baseColorFactor=[0.004, 0.004, 0.004, 1.0]))
+    dark.export(tmp_path / "dark.glb")
+    assert max(load_scene(tmp_path / "dark.glb").materials[0].albedo) < 0.01
+    # an OBJ with uvs but no .mtl gets the same default colour as one without uvs
+    (tmp_path / "uv.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nvt 0 0\nvt 1 0\nvt 1 1\nf 1/1 2/2 3/3\n")
+    (tmp_path / "plain.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n")
+    assert load_scene(tmp_path / "uv.obj").materials[0].albedo == load_scene(tmp_path / "plain.obj").materials[0].albedo
+    # a mirroring node keeps each corner's uv with its corner (u = x, v = y before the mirror x -> -x)
+    quad = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
+    quad.visual = trimesh.visual.TextureVisuals(uv=[[0, 0], [1, 0], [1, 1], [0, 1]])
+    sc = trimesh.Scene()
+    sc.add_geometry(quad, node_name="mirrored", transform=np.diag([-1.0, 1.0, 1.0, 1.0]))
+    sc.export(tmp_path / "mirror.glb")
+    s = load_scene(tmp_path / "mirror.glb")
+    p, uv = s.positions.reshape(-1, 3), s.uvs.reshape(-1, 2)
+    np.testing.assert_allclose(uv, np.stack([-p[:, 0], p[:, 1]], axis=1), atol=1e-6)
+    assert (s.normals[..., 2] > 0.99).all()  # and the front face still faces +z
+
+
 def test_degenerate_triangles_are_dropped_with_a_warning(tmp_path):
     m = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 0, 0]], [[0, 1, 2], [0, 1, 3]], process=False)
     write_ply_without_normals(tmp_path / "m.ply", m)

@@ -115,7 +115,7 @@ def test_zero_area_light(mesh_dir):
     refuse(d, mesh_dir, "objects[1]", "zero-area light")
 
 
-@pytest.mark.parametrize("scale", [1e13, 1e39])
+@pytest.mark.parametrize("scale", [1e13, 1e39, 1e300])  # 1e300: the areas overflow, not zero
 def test_coordinates_beyond_float32_ray_tests_are_refused(mesh_dir, scale):
     # 1e39 overflows float32 itself; 1e13 does not, but float32 ray-triangle tests would miss it
     d = minimal_description()
@@ -125,6 +125,23 @@ def test_coordinates_beyond_float32_ray_tests_are_refused(mesh_dir, scale):
         refuse(d, mesh_dir, "objects[0]", f"{render.loader.MAX_COORDINATE:.0e}")
     d["objects"][0]["scale"] = 1e11
     assert np.abs(scene_from_dict(d, source=SOURCE, base_dir=mesh_dir).positions).max() > 1e10
+
+
+@pytest.mark.parametrize("value", [5.0, -1.0])
+def test_texture_and_environment_images_obey_their_ranges(tmp_path, value):
+    # a texture stands for a colour ([0, 1]); an environment map is radiance (>= 0, any size)
+    from render.image_io import write_exr
+
+    write_exr(tmp_path / "img.exr", np.full((4, 8, 3), value, np.float32))
+    d = minimal_description()
+    d["materials"]["white"]["texture"] = "img.exr"
+    refuse(d, tmp_path, "materials.white.texture", "img.exr", "expected values in [0, 1]")
+    d = minimal_description()
+    d["environment"] = {"file": "img.exr"}
+    if value < 0:
+        refuse(d, tmp_path, "environment.file", "expected values >= 0")
+    else:
+        assert scene_from_dict(d, source=SOURCE, base_dir=tmp_path).environment.image.max() == value
 
 
 def test_camera_looking_along_up(mesh_dir):
