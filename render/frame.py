@@ -59,19 +59,23 @@ class Frame:
         path = Path(path)
         write_image(path, self.rgb)
         written = [path]
-        stem = path.with_suffix("")
         for name in aovs:
-            if name not in AOV_NAMES:
-                raise ValueError(f"unknown AOV {name!r}; expected some of {', '.join(AOV_NAMES)}")
+            wide = name == "id" and self.object_id.max(initial=-1) >= 65535
+            out = aov_path(path, name, wide_ids=wide)
             if name == "id":
-                if self.object_id.max(initial=-1) >= 65535:
-                    out = Path(f"{stem}.id.npy")
-                    write_image(out, self.object_id)
-                else:
-                    out = Path(f"{stem}.id.png")
-                    write_image(out, (self.object_id + 1).astype(np.uint16))
+                write_image(out, self.object_id if wide else (self.object_id + 1).astype(np.uint16))
             else:
-                out = Path(f"{stem}.{name}.exr")
                 write_image(out, getattr(self, name))
             written.append(out)
         return written
+
+
+def aov_path(path: str | Path, name: str, wide_ids: bool = False) -> Path:
+    """Where ``Frame.save(path, ...)`` writes AOV ``name``: ``stem.depth.exr``, ``stem.normal.exr``,
+    ``stem.albedo.exr``, ``stem.id.png`` (``stem.id.npy`` when an id does not fit 16 bits)."""
+    if name not in AOV_NAMES:
+        raise ValueError(f"unknown AOV {name!r}; expected some of {', '.join(AOV_NAMES)}")
+    stem = Path(path).with_suffix("")
+    if name == "id":
+        return Path(f"{stem}.id.npy" if wide_ids else f"{stem}.id.png")
+    return Path(f"{stem}.{name}.exr")

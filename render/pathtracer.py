@@ -13,6 +13,7 @@ for a backend; its offline cache keeps compiled kernels between processes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -90,7 +91,10 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
     current = _state["backend"]
     if current is not None and (backend == "auto" or backend == current):
         return current, _state["device"]
-    import taichi as ti
+    # Taichi prints its banner (at import) and its arch (at init) to stdout: send them to stderr, so
+    # stdout carries only what our callers print (the CLI's one-line results are parsed by scripts)
+    with contextlib.redirect_stdout(sys.stderr):
+        import taichi as ti
 
     if current is not None:
         ti.reset()
@@ -103,7 +107,8 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
     used = None
     if backend in ("gpu", "auto") and _cuda_driver_loadable():
         try:
-            ti.init(arch=ti.cuda, **kwargs)
+            with contextlib.redirect_stdout(sys.stderr):
+                ti.init(arch=ti.cuda, **kwargs)
             if ti.lang.impl.current_cfg().arch == ti.cuda:
                 used = "gpu"
             else:
@@ -114,7 +119,8 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
         raise RenderError("the gpu backend needs a CUDA GPU and none was found; use the cpu or auto backend "
                           "(--backend cpu or auto)")
     if used is None:
-        ti.init(arch=ti.cpu, **kwargs)
+        with contextlib.redirect_stdout(sys.stderr):
+            ti.init(arch=ti.cpu, **kwargs)
         used = "cpu"
     from . import pt_kernels
 

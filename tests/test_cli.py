@@ -1,12 +1,15 @@
 """The console script as a user runs it (a subprocess), plus in-process calls for speed."""
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import trimesh
 
 from render import load_toml
+from render.image_io import write_exr
 
 from helpers import same_arrays
 
@@ -112,6 +115,20 @@ def test_scene_convert_glb(tmp_path):
     (("render", "cornell_box", "--renderer", "path", "--spp", "10000000000"), "--spp"),
     (("render", "cornell_box", "--out", "same.png", "--stats", "same.png"), "same.png is also --out's file"),
     (("compare", "cornell_box", "--out", "c.png", "--json", "c.png"), "c.png is also --out's file"),
+    # outputs never overwrite an input, nor a file another output writes, AOVs included
+    (("compare", "cornell_box", "--reference", "r.png", "--out", "r.png"), "r.png is also --reference's input"),
+    (("scene", "convert", "bad.toml", "--out", "bad.toml"), "bad.toml is also SRC's input"),
+    (("render", "cornell_box", "--out", "y.png", "--aov", "depth", "--stats", "y.depth.exr"),
+     "y.depth.exr is also --stats's file"),
+    (("render", "cornell_box", "--out", "d.png", "--aov", "depth"), "d.depth.exr is a folder"),
+    # a reference that is not a usable image
+    (("compare", "cornell_box", "--reference", "afile"), "--reference afile: cannot read it as an image"),
+    (("compare", "cornell_box", "--width", "4", "--height", "4", "--reference", "nan.exr"),
+     "1 pixel(s) are not finite"),
+    (("convergence", "cornell_box", "--width", "4", "--height", "4", "--reference", "grey.exr"),
+     "1 channel(s); expected an RGB image"),
+    (("compare", "cornell_box", "--spp", "99999999999"), "--spp"),
+    (("convergence", "cornell_box", "--max-spp", "200000000"), "expected at most 134217727, or pass --reference"),
     (("train", ".", "--out", "run", "--device", "gpu"), "device 'gpu'; expected auto, cpu, cuda or cuda:N"),
     (("eval", "run", "--data", ".", "--device", "mps"), "device 'mps'; expected"),
     # messages keep their brackets (no console markup), whatever the file is called
@@ -124,6 +141,11 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "wite"\n')
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "[x]").mkdir()
+    (tmp_path / "d.depth.exr").mkdir()
+    nan = np.zeros((4, 4, 3), np.float32)
+    nan[1, 2, 0] = np.nan
+    write_exr(tmp_path / "nan.exr", nan)
+    write_exr(tmp_path / "grey.exr", np.zeros((4, 4), np.float32))
     (tmp_path / "[x]" / "empty.toml").write_text('[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n')
     res = run(*args, cwd=tmp_path)
     assert res.returncode == 2, (res.returncode, res.stderr)
@@ -134,6 +156,18 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     else:  # the parser's: usage, a hint, the error in a box of a few lines
         assert "Invalid value" in text or "Missing" in text, res.stderr
+
+
+def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):
+    # stdout is ours alone (Taichi's banner and arch line go to stderr): scripts parse the one line
+    res = run("render", "cornell_box", "--renderer", "path", "--spp", "2", "--width", "16", "--height", "16",
+              "--out", "p.exr", "--aov", "id", "--stats", "s.json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [res.stdout.strip()] and res.stdout.startswith("wrote p.exr, p.id.png, s.json")
+    stats = json.loads((tmp_path / "s.json").read_text())
+    for key in ("paths_per_second", "compile_seconds", "render_seconds", "backend", "device", "spp", "max_depth", "seed"):
+        assert key in stats, key
+    assert stats["backend"] == "cpu" and stats["spp"] == 2 and stats["paths_per_second"] > 0
 
 
 def test_aov_option_takes_a_list_or_repeats(tmp_path):

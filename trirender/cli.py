@@ -63,17 +63,20 @@ def check_out(path: Optional[Path], option: str, suffixes: tuple[str, ...] = (),
         raise typer.BadParameter(f"{path}: cannot write in {place} ({exc.strerror or exc})", param_hint=option) from None
 
 
-def check_outputs(*outputs: tuple) -> None:
+def check_outputs(*outputs: tuple, inputs: tuple = ()) -> None:
     """``check_out`` for each (path, option[, suffixes]) of one command, then refuse two of them
-    naming the same file (the second write would replace the first)."""
-    seen: dict[Path, str] = {}
+    naming the same file (the second write would replace the first), or one naming an input
+    (path, option) of the command (it would be overwritten)."""
+    seen: dict[Path, str] = {path.absolute().resolve(): f"{option}'s input" for path, option in inputs
+                             if path is not None}
     for path, option, *suffixes in outputs:
         check_out(path, option, *suffixes)
         if path is None:
             continue
         key = path.absolute().resolve()
         if key in seen:
-            raise typer.BadParameter(f"{path} is also {seen[key]}'s file; expected another file name", param_hint=option)
+            what = seen[key] if seen[key].endswith("input") else f"{seen[key]}'s file"
+            raise typer.BadParameter(f"{path} is also {what}; expected another file name", param_hint=option)
         seen[key] = option
 
 
@@ -139,7 +142,7 @@ def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/g
     from render import load_scene, save_scene
     from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
 
-    check_out(out_path, "--out", (".toml",))
+    check_outputs((out_path, "--out", (".toml",)), inputs=((src, "SRC"),))
     if src.suffix.lower() in MESH_SUFFIXES:
         s = scene_from_dict(mesh_scene_description(src, width, height), source=str(src), base_dir=src.parent)
     else:
@@ -180,7 +183,12 @@ def render_cmd(
             raise typer.BadParameter(f"unknown AOV {a!r}; expected some of: {', '.join(AOV_NAMES)}", param_hint="--aov")
     if time_budget is not None and not time_budget > 0:
         raise typer.BadParameter(f"{time_budget}; expected seconds > 0", param_hint="--time")
-    check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"))
+    from render.frame import aov_path
+
+    aov_outs = [(aov_path(out_path, a), f"--aov {a}") for a in aovs]
+    if "id" in aovs:  # ids above 65534 go to .id.npy instead of .id.png
+        aov_outs.append((aov_path(out_path, "id", wide_ids=True), "--aov id"))
+    check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"), *aov_outs)
     t0 = time.perf_counter()
     s = _load(scene, seed)
     if not 0 <= camera_index < len(s.cameras):
@@ -221,10 +229,23 @@ def _reference(path: Optional[Path], cam):
         return None
     if not path.is_file():
         raise RenderError(f"--reference {path}: file not found; expected a linear EXR (or PNG) of the scene")
-    ref = read_image(path)
-    if ref.ndim != 3 or ref.shape[:2] != (cam.height, cam.width):
+    import numpy as np
+
+    try:
+        ref = read_image(path)
+    except Exception as exc:  # not an image, or a format imageio cannot read
+        raise RenderError(f"--reference {path}: cannot read it as an image ({type(exc).__name__}: {exc}); "
+                          "expected a linear EXR (or PNG) of the scene") from None
+    channels = ref.shape[2] if ref.ndim == 3 else 1
+    if channels < 3:
+        raise RenderError(f"--reference {path}: {channels} channel(s); expected an RGB image")
+    if ref.shape[:2] != (cam.height, cam.width):
         raise RenderError(f"--reference {path}: image is {ref.shape[1]}x{ref.shape[0]}; expected {cam.width}x{cam.height} "
                           "like the scene's camera (or pass --width/--height)")
+    ref = np.ascontiguousarray(ref[..., :3], np.float32)
+    bad = int((~np.isfinite(ref)).any(axis=2).sum())
+    if bad:
+        raise RenderError(f"--reference {path}: {bad} pixel(s) are not finite; expected finite radiance")
     return ref
 
 
@@ -246,7 +267,7 @@ def compare_cmd(
     scene: str = SceneArg,
     out_path: Path = typer.Option(Path("compare.png"), "--out", help="The picture: raster | path-traced | error heat map."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
-    spp: int = typer.Option(64, min=1, help="Path tracer samples per pixel."),
+    spp: int = typer.Option(64, min=1, max=MAX_SPP, help="Path tracer samples per pixel."),
     max_depth: int = typer.Option(8, min=-1, help="Path tracer path segments."),
     ssaa: int = typer.Option(2, help="Rasterizer supersampling per axis (1, 2, 4)."),
     seed: int = typer.Option(0, min=0, help="Path tracer seed (and procedural scene seed)."),
@@ -264,7 +285,7 @@ def compare_cmd(
     from render.metrics import compare_picture, footer_text
 
     _check_ssaa(ssaa)
-    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"))
+    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"), inputs=((reference, "--reference"),))
     s = _load(scene, seed)
     model = None
     if neural is not None:
@@ -322,7 +343,8 @@ def compare_cmd(
 @app.command("convergence")
 def convergence_cmd(
     scene: str = SceneArg,
-    max_spp: int = typer.Option(64, min=1, help="Largest spp; the path tracer runs at 1, 2, 4, ... and max_spp."),
+    max_spp: int = typer.Option(64, min=1, max=MAX_SPP, help="Largest spp; the path tracer runs at 1, 2, 4, ... and "
+                                                             "max_spp."),
     reference: Optional[Path] = typer.Option(None, help="Linear EXR to measure against (default: 16x max_spp of our own)."),
     out_path: Path = typer.Option(Path("convergence.png"), "--out", help="The log-log plot."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
@@ -341,7 +363,11 @@ def convergence_cmd(
     from render.metrics import convergence_plot
 
     _check_ssaa(ssaa)
-    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"))
+    if reference is None and 16 * max_spp > MAX_SPP:
+        raise typer.BadParameter(f"{max_spp}: our own reference would take 16 x {max_spp} spp, above the path "
+                                 f"tracer's {MAX_SPP}; expected at most {MAX_SPP // 16}, or pass --reference",
+                                 param_hint="--max-spp")
+    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"), inputs=((reference, "--reference"),))
     s = _load(scene, seed)
     cam = _camera_for(s, width, height)
     ref = _reference(reference, cam)
