@@ -1,5 +1,6 @@
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,6 +319,15 @@ def test_mesh_file_colours_and_uvs(tmp_path):
     p, uv = s.positions.reshape(-1, 3), s.uvs.reshape(-1, 2)
     np.testing.assert_allclose(uv, np.stack([-p[:, 0], p[:, 1]], axis=1), atol=1e-6)
     assert (s.normals[..., 2] > 0.99).all()  # and the front face still faces +z
+
+
+@pytest.mark.parametrize("family,seed", [("rooms_ring", 7), ("shepard_metzler", 3)])
+def test_example_scene_files_are_what_scene_generate_writes(tmp_path, family, seed):
+    from render import make_scene
+
+    save_scene(make_scene(family, seed=seed), tmp_path / "x.toml")
+    shipped = Path(__file__).resolve().parents[1] / "scenes" / f"{family}_seed{seed}.toml"
+    assert (tmp_path / "x.toml").read_text() == shipped.read_text()
 
 
 def test_degenerate_triangles_are_dropped_with_a_warning(tmp_path):
