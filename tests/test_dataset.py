@@ -335,3 +335,24 @@ def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_resume(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert verify(out) == [] and len(json.loads((out / "manifest.json").read_text())["shards"]) == 100
+
+
+def test_a_killed_worker_is_reported_in_one_line_and_the_run_resumes(tmp_path):
+    out = tmp_path / "d"
+    cmd = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "2000", "--views", "3",
+           "--size", "16", "--shard-size", "20", "--workers", "2", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "shard-00001").is_dir() and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.01)
+    children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    workers = [int(c) for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert workers, children
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err[-2000:]
+    assert "a worker process died" in err and "run the same command again to resume" in err, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert verify(out) == [] and len(json.loads((out / "manifest.json").read_text())["shards"]) == 100

@@ -422,6 +422,8 @@ def dataset_generate(
     num_shards: int = typer.Option(1, min=1, help="How many processes/machines share the work (join with `dataset merge`)."),
 ):
     """Render a dataset of scenes x views into checksummed, resumable shards."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from render.dataset import DatasetConfig, generate
 
     check_out(out_dir, "--out", folder=True)
@@ -431,6 +433,10 @@ def dataset_generate(
     except KeyboardInterrupt:
         err.print(f"interrupted: the finished shards are kept in {out_dir}; run the same command again to resume")
         raise typer.Exit(130) from None
+    except BrokenProcessPool:
+        err.print(f"error: a worker process died (killed, or out of memory); the finished shards are kept in "
+                  f"{out_dir}: run the same command again to resume (--workers 1 uses the least memory)")
+        raise typer.Exit(1) from None
     n = sum(min(cfg.scenes, (int(j) + 1) * cfg.shard_size) - int(j) * cfg.shard_size for j in m["shards"])
     part = ("" if num_shards == 1 else f" (part {shard_index} of {num_shards}; "
             + ("every part is done: manifest.json written)" if m.get("merged") else
