@@ -128,6 +128,8 @@ def test_scene_convert_glb(tmp_path):
     (("convergence", "cornell_box", "--width", "4", "--height", "4", "--reference", "grey.exr"),
      "1 channel(s); expected an RGB image"),
     (("compare", "cornell_box", "--spp", "99999999999"), "--spp"),
+    (("compare", "cornell_box", "--camera", "1"), "scene has 1 camera(s); expected 0..0"),
+    (("convergence", "cornell_box", "--camera", "-1"), "--camera"),
     (("convergence", "cornell_box", "--max-spp", "200000000"), "expected at most 134217727, or pass --reference"),
     (("train", ".", "--out", "run", "--device", "gpu"), "device 'gpu'; expected auto, cpu, cuda or cuda:N"),
     (("eval", "run", "--data", ".", "--device", "mps"), "device 'mps'; expected"),
@@ -168,6 +170,18 @@ def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):
     for key in ("paths_per_second", "compile_seconds", "render_seconds", "backend", "device", "spp", "max_depth", "seed"):
         assert key in stats, key
     assert stats["backend"] == "cpu" and stats["spp"] == 2 and stats["paths_per_second"] > 0
+
+
+def test_compare_renders_the_chosen_camera(tmp_path):
+    (tmp_path / "two.toml").write_text(
+        '[[cameras]]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\nwidth = 8\nheight = 8\n'
+        '[[cameras]]\nposition = [3.0, 0.0, 0.0]\nlook_at = [0.0, 0.0, 0.0]\nwidth = 12\nheight = 10\n'
+        '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "white"\n'
+        '[environment]\nradiance = [1.0, 1.0, 1.0]\n')
+    res = run("compare", "two.toml", "--camera", "1", "--spp", "1", "--json", "c.json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert (c["width"], c["height"]) == (12, 10)
 
 
 def test_aov_option_takes_a_list_or_repeats(tmp_path):

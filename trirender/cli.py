@@ -81,6 +81,7 @@ def check_outputs(*outputs: tuple, inputs: tuple = ()) -> None:
 
 
 Seed = typer.Option(0, min=0, help="Random seed (path tracer noise; built-in procedural scenes).")
+CameraIndex = typer.Option(0, "--camera", help="Which of the scene's cameras to use (0, 1, ...).")
 # render.schema.MAX_IMAGE_SIDE and render.pathtracer.MAX_SPP, written out so that the CLI starts
 # without importing render (a quarter of a second); a test keeps them equal
 MAX_SIDE = 16384
@@ -159,7 +160,7 @@ def render_cmd(
     renderer: Renderer = typer.Option(Renderer.raster, help="raster (numba z-buffer) or path (Taichi path tracer)."),
     width: Optional[int] = Width,
     height: Optional[int] = Height,
-    camera_index: int = typer.Option(0, "--camera", help="Which of the scene's cameras to use."),
+    camera_index: int = CameraIndex,
     ssaa: int = typer.Option(1, help="Raster: supersampling factor per axis (1, 2 or 4)."),
     shadows: bool = typer.Option(True, help="Raster: shadow maps on/off."),
     spp: int = typer.Option(64, min=1, max=MAX_SPP, help="Path: samples per pixel."),
@@ -191,8 +192,6 @@ def render_cmd(
     check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"), *aov_outs)
     t0 = time.perf_counter()
     s = _load(scene, seed)
-    if not 0 <= camera_index < len(s.cameras):
-        raise typer.BadParameter(f"scene has {len(s.cameras)} camera(s); expected 0..{len(s.cameras) - 1}", param_hint="--camera")
     cam = _camera_for(s, width, height, camera_index)
     load_seconds = time.perf_counter() - t0
     if renderer is Renderer.raster:
@@ -253,6 +252,9 @@ def _camera_for(s, width, height, index: int = 0):
     """Camera ``index`` of scene ``s``, resized when --width/--height are given."""
     from render import RenderError
 
+    if not 0 <= index < len(s.cameras):
+        raise typer.BadParameter(f"scene has {len(s.cameras)} camera(s); expected 0..{len(s.cameras) - 1}",
+                                 param_hint="--camera")
     cam = s.cameras[index]
     if width is not None or height is not None:
         try:
@@ -274,6 +276,7 @@ def compare_cmd(
     backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
     width: Optional[int] = Width,
     height: Optional[int] = Height,
+    camera_index: int = CameraIndex,
     reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR."),
     neural: Optional[Path] = typer.Option(None, help="A training run folder: add the GQN's rendering as a third "
                                                      "column (all images at the model's size, e.g. 64x64)."),
@@ -296,7 +299,7 @@ def compare_cmd(
 
         model, ncfg = load_run(neural)
         width = height = ncfg.image_size
-    cam = _camera_for(s, width, height)
+    cam = _camera_for(s, width, height, camera_index)
     ref = _reference(reference, cam)
     raster = rasterize(s, cam, ssaa=ssaa)
     path = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value, progress=True)
@@ -354,6 +357,7 @@ def convergence_cmd(
     backend: Backend = typer.Option(Backend.auto, help="Path tracer backend."),
     width: Optional[int] = Width,
     height: Optional[int] = Height,
+    camera_index: int = CameraIndex,
 ):
     """Plot path-tracer RMSE against spp (log-log, ideal slope) with the rasterizer's error as a line."""
     import numpy as np
@@ -369,7 +373,7 @@ def convergence_cmd(
                                  param_hint="--max-spp")
     check_outputs((out_path, "--out", (".png",)), (json_out, "--json"), inputs=((reference, "--reference"),))
     s = _load(scene, seed)
-    cam = _camera_for(s, width, height)
+    cam = _camera_for(s, width, height, camera_index)
     ref = _reference(reference, cam)
     ref_note = reference.name if reference else ""
     if ref is None:
