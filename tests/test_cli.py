@@ -172,6 +172,14 @@ def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):
     assert stats["backend"] == "cpu" and stats["spp"] == 2 and stats["paths_per_second"] > 0
 
 
+def test_options_of_the_other_renderer_are_named_as_ignored(tmp_path):
+    res = run("render", "cornell_box", "--width", "8", "--height", "8", "--spp", "4", "--time", "2", "--out", "a.png",
+              cwd=tmp_path)
+    assert res.returncode == 0 and "note: --spp, --time do not apply to the raster renderer" in res.stderr, res.stderr
+    res = run("render", "cornell_box", "--width", "8", "--height", "8", "--out", "a.png", cwd=tmp_path)
+    assert res.returncode == 0 and "note:" not in res.stderr, res.stderr
+
+
 def test_compare_renders_the_chosen_camera(tmp_path):
     (tmp_path / "two.toml").write_text(
         '[[cameras]]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\nwidth = 8\nheight = 8\n'

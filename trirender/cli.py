@@ -155,6 +155,7 @@ def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/g
 # --- render ---------------------------------------------------------------------------------------
 @app.command("render")
 def render_cmd(
+    ctx: typer.Context,
     scene: str = SceneArg,
     out_path: Path = typer.Option(Path("render.png"), "--out", help="Image to write: .png (sRGB 8-bit) or .exr (linear)."),
     renderer: Renderer = typer.Option(Renderer.raster, help="raster (numba z-buffer) or path (Taichi path tracer)."),
@@ -190,6 +191,12 @@ def render_cmd(
     if "id" in aovs:  # ids above 65534 go to .id.npy instead of .id.png
         aov_outs.append((aov_path(out_path, "id", wide_ids=True), "--aov id"))
     check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"), *aov_outs)
+    other = {Renderer.raster: ("spp", "max_depth", "backend", "time_budget"), Renderer.path: ("ssaa", "shadows")}
+    given = [f"--{_option_name(ctx, p)}" for p in other[renderer]
+             if getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"]
+    if given:
+        err.print(f"note: {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the "
+                  f"{renderer.value} renderer; ignored")
     t0 = time.perf_counter()
     s = _load(scene, seed)
     cam = _camera_for(s, width, height, camera_index)
@@ -246,6 +253,14 @@ def _reference(path: Optional[Path], cam):
     if bad:
         raise RenderError(f"--reference {path}: {bad} pixel(s) are not finite; expected finite radiance")
     return ref
+
+
+def _option_name(ctx, param: str) -> str:
+    """The long option a command parameter is given with (time_budget -> time)."""
+    for p in ctx.command.params:
+        if p.name == param:
+            return max(p.opts, key=len).lstrip("-")
+    return param
 
 
 def _camera_for(s, width, height, index: int = 0):
