@@ -22,7 +22,7 @@ import numpy as np
 
 MAX_LEAF = 4  # triangles per leaf at most (unless they cannot be separated), for one-by-one tests
 BLOCK = 8  # the path tracer's leaves: up to BLOCK triangles, tested together in SIMD lanes
-BLOCK_COST = 2.0  # SAH price of testing one block, in one-by-one triangle tests
+BLOCK_COST = 1.5  # SAH price of testing one block, in one-by-one triangle tests (see pathtracer.LEAF_MAX)
 MAX_BLOCKS = 1 << 22  # blocks a scene may have (the kernels mask block indices to this range)
 SAH_BINS = 16  # centroid bins per axis
 TRAVERSAL_COST = 1.0  # SAH cost of visiting a node, in units of one triangle test

@@ -48,7 +48,8 @@ RENDERERS = ("raster", "path", "both")
 # from |cos| where wo dips below an interpolated normal (it reflected everything there); the
 # emitter pick's pdf is the probability the kernel's search really gives (changes images by ~1e-7);
 # camera rays clipped to the camera's near and far planes (start on the near plane); conservative
-# slab tests and a 1e-5 barycentric slack, so rays through creases and seams no longer leak.
+# slab tests and a 1e-5 barycentric slack, so rays through creases and seams no longer leak; CPU
+# leaves of up to three SIMD blocks (another tree).
 RENDER_REVISION = 8
 
 

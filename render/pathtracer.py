@@ -34,7 +34,12 @@ from .scene import EMITTER, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
-LEAF_MAX = BLOCK  # triangles per BVH leaf at most: one SIMD block (tests raise it to cover several)
+# Triangles per BVH leaf at most: three SIMD blocks. With one block per leaf (and the SAH pricing a
+# block at 2 triangle tests) the Cornell box's tree had 13 nodes and traced 1.64 M paths/s; with
+# three (and 1.5 per block) it has 3 nodes and traces 2.12 (+29 %), while rooms_ring views and a
+# 100k-triangle mesh stayed within 2 % (four interleaved rounds on the idle 2-core machine): on
+# small scenes a node visit (two box tests, a stack push, branches) costs more than the SAH assumed.
+LEAF_MAX = 3 * BLOCK
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
@@ -228,7 +233,10 @@ def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
     is_emit = mats["type"][tri_i[:, 0]] == EMITTER
     area = 0.5 * np.linalg.norm(np.cross(pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]).astype(np.float64), axis=1)
     power = np.where(is_emit, area * _luminance(mat_f[tri_i[:, 0], 3:6]), 0.0)
-    emit_tri = np.flatnonzero(power > 0).astype(np.int32)
+    emit_tri = np.flatnonzero(power > 0)
+    # in the scene's triangle order, not the tree's: a random number then picks the same emitter
+    # whatever BVH was built (leaf sizes, backend), and images differ between trees by rounding only
+    emit_tri = emit_tri[np.argsort(order[emit_tri], kind="stable")].astype(np.int32)
     n_emit = len(emit_tri)
 
     lights = scene.light_arrays()
