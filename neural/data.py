@@ -12,6 +12,8 @@ any batch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,11 @@ class SceneViews:
     def __init__(self, root: str | Path, verify: bool = True, images: str = "images"):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
+        if images not in ("images", "images_path"):
+            raise ValueError(f"images {images!r}; expected 'images' or 'images_path'")
+        if images == "images_path" and self.manifest.get("renderer") != "both":
+            raise ShardError(f"{self.root}: no path-traced second image set (renderer {self.manifest.get('renderer')!r}); "
+                             "images_path needs a dataset made with `trirender dataset generate --renderer both`")
         self.images_key = images
         self.shard_size = int(self.manifest["shard_size"])
         self.num_scenes = int(self.manifest["scenes"])
@@ -76,6 +83,70 @@ class SceneViews:
             imgs[rows] = src[local, views[rows]]  # (R, N, H, W, 3)
             vps[rows] = shard.viewpoints[local, views[rows]]  # (R, N, 7)
         return imgs, vps
+
+
+IMAGE_KINDS = ("raster", "path")
+
+
+def images_key(manifest: dict[str, Any], kind: str | None, root: str | Path) -> str:
+    """The shard array (``images`` or ``images_path``) holding a dataset's ``kind`` of images:
+    ``raster`` or ``path`` (path-traced); None: the dataset's own ``images``. ShardError names the
+    dataset when it holds no such images."""
+    renderer = manifest.get("renderer", "raster")
+    if kind is None:
+        return "images"
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"--images {kind!r}; expected raster or path")
+    if renderer == "both":
+        return "images" if kind == "raster" else "images_path"
+    if renderer != kind:
+        other = "rasterized" if renderer == "raster" else "path-traced"
+        raise ShardError(f"{root}: holds {other} images only (renderer {renderer!r}); --images {kind} needs a "
+                         f"dataset made with `trirender dataset generate --renderer {kind}` or `--renderer both`")
+    return "images"
+
+
+def images_kind(manifest: dict[str, Any], key: str) -> str:
+    """``raster`` or ``path``: what the shard array ``key`` of a dataset holds."""
+    renderer = manifest.get("renderer", "raster")
+    if key == "images_path":
+        return "path"
+    return "path" if renderer == "path" else "raster"
+
+
+IDENTITY_FIELDS = ("family", "family_params", "seed", "scenes", "views", "image_size", "renderer")
+
+
+def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What makes a dataset this dataset, wherever its folder lies: its generation settings and a
+    sha256 over its shards' checksums (sorted by shard), so two folders with equal identities hold
+    the same images."""
+    shards = manifest.get("shards", {})
+    h = hashlib.sha256()
+    for k in sorted(shards, key=int):
+        h.update(f"{int(k)}:{shards[k]}\n".encode())
+    ident = {k: manifest.get(k) for k in IDENTITY_FIELDS}
+    ident["family_params"] = ident["family_params"] or {}
+    return {**ident, "shards_sha256": h.hexdigest()}
+
+
+def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two dataset identities, one ``field a vs b`` item each."""
+    out = [f"{k} {json.dumps(a.get(k))} vs {json.dumps(b.get(k))}" for k in IDENTITY_FIELDS if a.get(k) != b.get(k)]
+    if not out and a.get("shards_sha256") != b.get("shards_sha256"):
+        out.append("the same settings but other images (shard checksums differ: regenerated with another render "
+                   "revision, or edited)")
+    return out
+
+
+def same_scenes(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool | None:
+    """Whether two datasets share scenes: a scene depends only on (family, family params, seed,
+    scene index), so two datasets of one family, parameters and seed share their first scenes
+    (whatever their views, size or renderer). None when either identity is unknown."""
+    if not a or not b:
+        return None
+    return (a.get("family"), a.get("family_params") or {}, a.get("seed")) == \
+        (b.get("family"), b.get("family_params") or {}, b.get("seed"))
 
 
 class GQNBatches(Dataset):

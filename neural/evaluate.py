@@ -19,6 +19,10 @@ method is scored on the same query images. Scores, per context size K:
   pixel sigma the run ended at; higher is better. ``nll_nats`` and ``kl_nats`` are its two terms
   (``elbo = -(nll + kl)``).
 
+``meta.held_out`` says whether the test scenes are held out: false when the dataset has the family,
+family parameters and seed of the run's training data (run.json), whose scenes are then training
+scenes (a scene depends only on those and its index); null when the run does not record its data.
+
 PSNR is in dB on images in [0, 1] (the stored 8-bit sRGB values / 255), averaged over queries.
 SSIM is ``render.metrics.ssim`` (11-tap Gaussian window, sigma 1.5, per channel; the definition
 ``trirender compare`` uses) on the same images, averaged over queries.
@@ -32,9 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import SceneViews
+from render.shards import ShardError
+
+from .data import SceneViews, dataset_identity, images_key, images_kind, same_scenes
 from .model import GQN, sigma_at
-from .train import build_model, check_image_size, resolve_device
+from .train import build_model, check_image_size, read_run_info, resolve_device
 
 
 def psnr_np(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,11 +70,29 @@ def nearest_view(ctx_images: np.ndarray, ctx_vp: np.ndarray, query_vp: np.ndarra
     return ctx_images[np.arange(len(d)), d.argmin(1)]                       # (B, H, W, 3)
 
 
+def held_out(run_info: dict[str, Any], data: str | Path, manifest: dict[str, Any], scenes: int) -> tuple[bool | None, str | None]:
+    """Whether the first ``scenes`` scenes of a dataset are held out from a run's training data, and
+    a note for people when they are not (None when they are, or when the run records no dataset)."""
+    trained = run_info.get("dataset")
+    same = same_scenes(trained, dataset_identity(manifest))
+    if same is None:
+        return None, None
+    if not same:
+        return True, None
+    shared = min(scenes, int(trained.get("scenes") or scenes))
+    return False, (f"{data} has the family and seed of the run's training data ({run_info.get('data')}; "
+                   f"{trained.get('family')}, seed {trained.get('seed')}), so {shared} of the {scenes} scenes "
+                   "evaluated are training scenes: these numbers measure fit, not held-out generalisation. For "
+                   f"held-out data: trirender dataset generate {trained.get('family')} ... --seed <another>")
+
+
 def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = (1, 3, 5), samples: int = 4,
              batch: int = 16, max_scenes: int | None = None, seed: int = 0, device: str = "cpu",
-             model: GQN | None = None) -> dict[str, Any]:
+             model: GQN | None = None, images: str | None = None) -> dict[str, Any]:
     """The evaluation report (see the module docstring) as a JSON-ready dict: one object per context
-    size, keyed ``context_K``, and ``meta`` (run, data, step, samples, seed, scenes, definitions)."""
+    size, keyed ``context_K``, and ``meta`` (run, data, step, samples, seed, scenes, held_out, images,
+    definitions). images: ``raster`` or ``path``, which of the dataset's images to score against
+    (None: what the run trained on, from its run.json)."""
     run_dir = Path(run_dir)
     if samples < 1:
         raise ValueError(f"samples {samples}; expected >= 1")
@@ -82,8 +106,19 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
     if not mean_path.is_file():
         raise FileNotFoundError(f"{mean_path}: missing; expected the training set's mean image written by train")
     mean_img = np.load(mean_path).astype(np.float32)                        # (H, W, 3)
-    views = SceneViews(data)
+    run_info = read_run_info(run_dir)
+    kind = images if images is not None else run_info.get("images")
+    manifest = SceneViews(data, verify=False).manifest
+    try:
+        key = images_key(manifest, kind, data)
+    except ShardError as exc:
+        if images is None:  # the run's kind, not asked for: say where it came from and how to choose
+            raise ShardError(f"{exc} (the run trained on {kind} images, {Path(run_dir) / 'run.json'}; pass --images "
+                             f"{'raster' if kind == 'path' else 'path'} to score against the other kind)") from None
+        raise
+    views = SceneViews(data, images=key)
     n = views.num_scenes if max_scenes is None else min(max_scenes, views.num_scenes)
+    is_held_out, note = held_out(run_info, data, manifest, n)
     scenes = np.arange(n)
     plan = query_plan(views, scenes, max(contexts), seed)
     sigma = sigma_at(cfg, step)
@@ -137,7 +172,8 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
             "scenes": int(n),
         }
     report["meta"] = {"run": str(run_dir), "data": str(data), "step": step, "samples": samples, "seed": seed,
-                      "sigma": sigma, "contexts": list(contexts),
+                      "sigma": sigma, "contexts": list(contexts), "held_out": is_held_out, "held_out_note": note,
+                      "images": images_kind(manifest, key),
                       "psnr": "dB on 8-bit sRGB / 255, mean over queries",
                       "ssim": "render.metrics.ssim (Gaussian window 11, sigma 1.5; = skimage gaussian_weights=True, sigma=1.5, use_sample_covariance=False), mean over queries",
                       "elbo": "nats per query image, lower bound on log p(x_q | context); higher is better"}

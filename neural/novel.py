@@ -22,7 +22,7 @@ from .model import GQN, GQNConfig
 from .train import build_model
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[GQN, GQNConfig]:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GQN, GQNConfig]:
     """The trained model of a run folder (eval mode, on ``device``) and its config."""
     model, cfg, _ = build_model(run_dir, device)
     return model, cfg
@@ -127,15 +127,33 @@ def orbit(model: GQN, scene: Any, context_images: np.ndarray, context_viewpoints
     return Orbit(_as_float(context_images), mean, draws.std(0).mean(-1), raster, path, psnrs, note)
 
 
-def context_from_scene(scene: Any, k: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def dataset_raster_options(size: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``render.rasterize_batch`` keyword arguments that render ``size`` x ``size`` views as dataset
+    generation does (``render.dataset.render_shard``): its shadow-map sides and supersampling, from a
+    dataset's ``render_settings`` where given, else the generator's defaults for that size."""
+    from render.dataset import shadow_map_size
+
+    settings = settings or {}
+    side = int(settings.get("shadow_map", shadow_map_size(size)))
+    return {"shadow_resolution": side,
+            "directional_resolution": int(settings.get("directional_shadow_map",
+                                                       2 * side if "shadow_map" in settings else side)),
+            "ssaa": int(settings.get("ssaa", 1))}
+
+
+def context_from_scene(scene: Any, k: int, size: int = 64, seed: int = 0,
+                       raster_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """K context views of a scene rendered by the rasterizer on its camera's orbit at seeded random
-    angles: images uint8 (K, size, size, 3), viewpoints float32 (K, 7)."""
+    angles: images uint8 (K, size, size, 3), viewpoints float32 (K, 7). raster_options: keyword
+    arguments of ``render.rasterize_batch`` (default: ``dataset_raster_options(size)``, the settings
+    training data is rendered with, so the model sees what it was trained on)."""
     from render import rasterize_batch
     from render.image_io import to_srgb8
 
     rng = np.random.default_rng(seed)
     cams = [orbit_cameras(scene.camera, 1, size, start=float(a))[0] for a in rng.uniform(0, 2 * math.pi, k)]
-    frames = rasterize_batch([(scene, c) for c in cams])
+    opts = dataset_raster_options(size) if raster_options is None else raster_options
+    frames = rasterize_batch([(scene, c) for c in cams], **opts)
     return np.stack([to_srgb8(f.rgb) for f in frames]), np.stack([c.viewpoint() for c in cams])
 
 

@@ -5,10 +5,15 @@
 Reads top to bottom: set up processes and device -> resolve config -> data -> model and optimizer
 -> resume -> loop (schedules, forward, non-finite check, backward, step, logs, checkpoints).
 
-A run folder holds ``config.json`` (the resolved config), ``run.json`` (data folder, device,
-versions), ``checkpoint.pt`` (the latest, written atomically), ``metrics.csv``, ``tb/`` (TensorBoard),
+A run folder holds ``config.json`` (the resolved config), ``run.json`` (data folder and the
+dataset's identity, which images, whether the validation batch is held out, device, versions),
+``checkpoint.pt`` (the latest, written atomically), ``metrics.csv``, ``tb/`` (TensorBoard),
 ``mean_image.npy`` (the training set's mean image, for the evaluation baseline) and ``val.png``
 (the latest validation grid: context view, prediction, ground truth per row).
+
+The dataset is verified (checksums) and checked against the batch size before anything is written.
+A resumed run refuses a dataset whose identity (``neural.data.dataset_identity``) is not the one it
+started on; the same dataset moved to another folder is accepted.
 
 Resuming (``resume=True``) restores weights, Adam state, the step and every process's RNG state,
 and the data order continues from the same (epoch, batch), so a resumed CPU run gives the same
@@ -24,6 +29,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import signal
@@ -39,9 +45,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from render.image_io import write_json_atomic
+from render.image_io import _umask, write_json_atomic
 
-from .data import GQNBatches, SceneViews, make_loader, to_model
+from .data import (GQNBatches, SceneViews, dataset_identity, identity_diff, images_key, images_kind, make_loader,
+                   same_scenes, to_model)
 from .model import GQN, PRESETS, GQNConfig, lr_at, sigma_at
 
 CHECKPOINT = "checkpoint.pt"
@@ -177,23 +184,32 @@ def _rng_states(world: int) -> list[dict[str, Any]]:
 
 
 # --- data ---------------------------------------------------------------------------------------
+def steps_per_epoch(views: SceneViews, cfg: GQNConfig, world: int = 1) -> int:
+    """Steps in one epoch of ``views``; TrainingError when the dataset holds fewer scenes than one batch
+    per process."""
+    per_epoch = GQNBatches(views, cfg.batch_size, cfg.max_context, cfg.seed).__len__() // world
+    if per_epoch < 1:
+        raise TrainingError(f"{views.root}: {views.num_scenes} scenes is fewer than one batch of {cfg.batch_size} per "
+                            f"process ({world} process(es)); lower --batch or generate more scenes")
+    return per_epoch
+
+
 def batches(data: str | Path, cfg: GQNConfig, start_step: int, rank: int = 0, world: int = 1,
-            num_workers: int = 0, verify: bool = True) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+            num_workers: int = 0, verify: bool = True,
+            images: str = "images") -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(epoch, batch) pairs for steps start_step, start_step + 1, ... forever.
 
     Step s uses global batch ``s * world + rank``; an epoch holds ``len(dataset) // world`` steps.
     With one process this is ``make_loader(epoch=e, start_batch=b)``, epoch after epoch.
+    images: the shard array to read (``images`` or ``images_path``).
     """
-    views = SceneViews(data, verify=verify)
-    per_epoch = GQNBatches(views, cfg.batch_size, cfg.max_context, cfg.seed).__len__() // world
-    if per_epoch < 1:
-        raise TrainingError(f"{data}: {views.num_scenes} scenes is fewer than one batch of {cfg.batch_size} per "
-                            f"process ({world} process(es)); lower --batch or generate more scenes")
+    views = SceneViews(data, verify=verify, images=images)
+    per_epoch = steps_per_epoch(views, cfg, world)
     epoch, b = divmod(start_step, per_epoch)
     while True:
         if world == 1:
             loader = make_loader(data, cfg.batch_size, cfg.max_context, cfg.seed, num_workers, epoch=epoch,
-                                 start_batch=b, verify=False)
+                                 start_batch=b, verify=False, images=images)
         else:
             ds = GQNBatches(views, cfg.batch_size, cfg.max_context, cfg.seed)
             ds.set_epoch(epoch)
@@ -208,10 +224,10 @@ def batches(data: str | Path, cfg: GQNConfig, start_step: int, rank: int = 0, wo
         epoch, b = epoch + 1, 0
 
 
-def mean_image(data: str | Path, max_scenes: int = 2000) -> np.ndarray:
+def mean_image(data: str | Path, max_scenes: int = 2000, images: str = "images") -> np.ndarray:
     """The training set's mean image, float32 (H, W, 3) in [0, 1] (of the stored sRGB values), over
     every view of up to ``max_scenes`` evenly spaced scenes."""
-    views = SceneViews(data, verify=False)
+    views = SceneViews(data, verify=False, images=images)
     scenes = np.unique(np.linspace(0, views.num_scenes - 1, min(max_scenes, views.num_scenes)).astype(int))
     acc = np.zeros((views.image_size, views.image_size, 3), np.float64)
     all_views = np.arange(views.views)
@@ -229,9 +245,9 @@ def check_image_size(data: str | Path, cfg: GQNConfig, error: type[Exception] = 
                     f"(trirender dataset generate --size {cfg.image_size})")
 
 
-def validation_batch(data: str | Path, cfg: GQNConfig, size: int = 8) -> dict[str, torch.Tensor]:
+def validation_batch(data: str | Path, cfg: GQNConfig, size: int = 8, images: str = "images") -> dict[str, torch.Tensor]:
     """A fixed batch (independent of the training order): ``size`` scenes, 3 context views (or fewer)."""
-    views = SceneViews(data, verify=False)
+    views = SceneViews(data, verify=False, images=images)
     ds = GQNBatches(views, min(size, views.num_scenes), cfg.max_context, seed=cfg.seed + 7919,
                     fixed_context=min(3, views.views - 1))
     return ds[0]
@@ -248,6 +264,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would, like the run's other files
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -259,10 +276,39 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint of a run folder; TrainingError naming the file when it is missing or unreadable."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise TrainingError(f"{path}: no checkpoint; expected a run folder written by `trirender train`")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+        if isinstance(exc, RuntimeError) and "CUDA" in str(exc):
+            raise  # a device problem, not the file's
+        raise TrainingError(f"{path}: cannot be read, truncated or corrupt ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy, or start the "
+                            "run again in another --out") from None
+    if not isinstance(ck, dict) or not {"model", "step", "config"} <= set(ck):
+        raise TrainingError(f"{path}: not a checkpoint written by `trirender train` (expected model, step and config)")
+    return ck
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A run folder's JSON file, TrainingError naming it when it is not valid JSON."""
+    try:
+        d = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{path}: cannot be read, not valid JSON ({exc}); expected the {what} written by "
+                            "`trirender train`") from None
+    if not isinstance(d, dict):
+        raise TrainingError(f"{path}: expected a JSON object (the {what} written by `trirender train`)")
+    return d
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's run.json ({} when there is none)."""
+    path = Path(run_dir) / "run.json"
+    return _read_json(path, "run record") if path.is_file() else {}
 
 
 def _trim_csv(path: Path, last_step: int) -> None:
@@ -287,13 +333,18 @@ def _grid(ctx: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> np.ndar
 # --- the loop -----------------------------------------------------------------------------------
 def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, steps: int | None = None,
           resume: bool = False, runtime: Runtime = Runtime(), val_data: str | Path | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[int], None] | None = None, images: str | None = None) -> dict[str, Any]:
     """Train a GQN on the dataset folder ``data`` into the run folder ``out``.
 
     config: the resolved config (ignored when resuming: the run's own config.json is used).
     steps: total steps to reach (default ``config.steps_total``); resuming with a larger value extends
         the run. on_step: called with the step number after every completed step (tests, callbacks).
-    Returns a summary: steps, final loss terms, val PSNR, seconds, it/s, interrupted.
+    val_data: the dataset of the fixed validation batch (default ``data``: then the batch holds
+        training scenes, and ``val_psnr`` measures fit, not generalisation; run.json says which).
+    images: ``raster`` or ``path``, which of a dataset's images to train on (a ``--renderer both``
+        dataset holds both); None: the dataset's own ``images`` (resuming: what the run trained on).
+    Returns a summary: steps, final loss terms, val PSNR (``val_held_out``: whether its batch was
+    held out), seconds, it/s, interrupted.
     Stops with TrainingError on a non-finite loss, leaving the last good checkpoint in place.
     A first Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns.
     """
@@ -303,27 +354,67 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     out = Path(out)
     main = rank == 0
     ckpt_path = out / CHECKPOINT
+    before: dict[str, Any] = {}  # the run.json of the run being resumed
     if resume:
         if not (out / "config.json").is_file():
             raise TrainingError(f"{out}/config.json: missing; nothing to resume (train without --resume first)")
-        cfg = GQNConfig.from_dict(json.loads((out / "config.json").read_text()))
+        try:
+            cfg = GQNConfig.from_dict(_read_json(out / "config.json", "resolved config"))
+        except (ValueError, TypeError) as exc:
+            raise TrainingError(f"{out}/config.json: {exc}; expected the resolved config written by "
+                                "`trirender train`") from None
+        before = read_run_info(out)
+        if images is None:
+            images = before.get("images")
+        elif before.get("images") and images != before["images"]:
+            raise TrainingError(f"--images {images}: this run trained on {before['images']} images "
+                                f"({out}/run.json); resume with --images {before['images']}, or start a new run")
     else:
         if config is None:
             raise TrainingError("no config given; pass a preset's config")
         cfg = config.checked()
         if ckpt_path.exists():
             raise TrainingError(f"{ckpt_path}: already exists; pass --resume to continue this run, or another --out")
+
+    # --- the data, checked before anything is written ---
     for folder in (data, val_data) if val_data else (data,):
-        check_image_size(folder, cfg, TrainingError)  # before anything is written, not at the first validation
+        check_image_size(folder, cfg, TrainingError)  # not at the first validation
+    key = images_key(SceneViews(data, verify=False).manifest, images, data)
+    views = SceneViews(data, verify=True, images=key)  # the checksums, once
+    identity = dataset_identity(views.manifest)
+    old = before.get("dataset")
+    if old and old != identity:
+        raise TrainingError(f"{data}: not the dataset this run trained on ({before.get('data')}, {out}/run.json): "
+                            f"{'; '.join(identity_diff(old, identity))}; resume with that dataset (moved is fine), "
+                            "or start a new run in another --out")
+    steps_per_epoch(views, cfg, world)
+    val_key, val_identity = key, identity
+    if val_data:
+        val_key = images_key(SceneViews(val_data, verify=False).manifest, images_kind(views.manifest, key), val_data)
+        val_identity = dataset_identity(SceneViews(val_data, verify=True, images=val_key).manifest)
+    val_held_out = bool(val_data) and same_scenes(identity, val_identity) is False
+    if main and val_data and not val_held_out:
+        print(f"note: --val {val_data} has the family and seed of {data}, so its scenes are training scenes: "
+              "val_psnr will not be held out (generate validation data with another --seed)")
+    if main and cfg.max_context > views.views - 1:
+        print(f"note: max_context {cfg.max_context}, but {data} has {views.views} views per scene (one is the "
+              f"query), so training uses at most {views.views - 1} context views")
     total = int(steps if steps is not None else cfg.steps_total)
     amp = runtime.amp if runtime.amp is not None else dev.type == "cuda"
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_json_atomic(out / "config.json", cfg.to_dict(), sort_keys=True)
-            np.save(out / "mean_image.npy", mean_image(data))
+            np.save(out / "mean_image.npy", mean_image(data, images=key))
         write_json_atomic(out / "run.json", sort_keys=True, data={
-            "data": str(Path(data).resolve()), "val_data": str(val_data) if val_data else None, "steps": total,
+            "data": str(Path(data).resolve()), "dataset": identity, "images": images_kind(views.manifest, key),
+            "dataset_render_settings": views.manifest.get("render_settings"),
+            "val_data": str(Path(val_data).resolve()) if val_data else None,
+            "validation": {"held_out": val_held_out, "dataset": val_identity if val_data else None,
+                           "meaning": "val_psnr: PSNR of generated views of a fixed batch of "
+                                      + ("held-out scenes (--val)" if val_held_out else "training scenes (fit, not "
+                                         "generalisation)")},
+            "steps": total,
             "device": str(dev), "world_size": world, "threads": torch.get_num_threads(), "amp_bf16": amp, "channels_last": runtime.channels_last,
             "compile": runtime.compile, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cuda_device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None})
@@ -381,17 +472,19 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
+            # a fresh start hides every step an earlier, dead run logged here (nothing is deleted)
+            writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else 0)
         except ImportError:
             print("warning: tensorboard is not installed (pip install tensorboard); logging to metrics.csv only")
     csv_file = None
-    if main:
-        new = not (out / "metrics.csv").is_file()
-        csv_file = open(out / "metrics.csv", "a", newline="")
+    if main:  # a fresh start replaces the rows of a run that died before its first checkpoint
+        new = not resume or not (out / "metrics.csv").is_file()
+        csv_file = open(out / "metrics.csv", "w" if new else "a", newline="")
         csv_writer = csv.DictWriter(csv_file, CSV_FIELDS)
         if new:
             csv_writer.writeheader()
-    val = to_model(validation_batch(val_data or data, cfg), dev) if main else None
+    val = to_model(validation_batch(val_data or data, cfg, images=val_key), dev) if main else None
+    val_tag = "val" if val_held_out else "train_batch"  # TensorBoard: say what the batch is
 
     def validate() -> tuple[float, np.ndarray]:
         model.eval()
@@ -420,7 +513,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     steps_at_log = step
     last = {"loss": math.nan, "nll": math.nan, "kl": math.nan, "val_psnr": math.nan}
     interrupted = False
-    data_iter = batches(data, cfg, step, rank, world, runtime.num_workers)
+    data_iter = batches(data, cfg, step, rank, world, runtime.num_workers, verify=False, images=key)
     model.train()
     try:
         while step < total:
@@ -445,9 +538,12 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
             if bad:
                 raise TrainingError(
                     f"non-finite loss at step {step + 1} (nll {res['nll'].item():.4g}, kl {res['kl'].item():.4g}, "
-                    f"sigma {sigma:.3g}, lr {lr:.3g}); stopped. The last good checkpoint is kept: "
-                    + (f"{ckpt_path} (step {load_checkpoint(out)['step']})" if ckpt_path.is_file() else "none yet")
-                    + ". Try a lower lr_start (--set lr_start=...) or grad_clip (--set grad_clip=1), then --resume.")
+                    f"sigma {sigma:.3g}, lr {lr:.3g}); stopped. "
+                    + (f"The last good checkpoint is kept: {ckpt_path} (step {load_checkpoint(out)['step']}). Try a "
+                       "lower lr_start or grad_clip (edit config.json), then --resume."
+                       if ckpt_path.is_file() else
+                       "No checkpoint was written yet, so there is nothing to resume: start again without --resume, "
+                       "with a lower lr_start (--set lr_start=...) or grad_clip (--set grad_clip=1)."))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -473,8 +569,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
 
                     iio.imwrite(out / "val.png", grid)
                     if writer:
-                        writer.add_scalar("val/psnr", last["val_psnr"], step)
-                        writer.add_image("val/context_prediction_truth", grid, step, dataformats="HWC")
+                        writer.add_scalar(f"{val_tag}/psnr", last["val_psnr"], step)
+                        writer.add_image(f"{val_tag}/context_prediction_truth", grid, step, dataformats="HWC")
                 csv_writer.writerow(row)
                 csv_file.flush()
                 if writer:
@@ -516,7 +612,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     elapsed = time.perf_counter() - t_start
     return {"steps": step, "interrupted": interrupted and not stop.get("time_limit"),
             "time_limit_reached": bool(stop.get("time_limit")), "seconds": elapsed, **last,
-            "run_dir": str(out), "world_size": world}
+            "val_held_out": val_held_out, "run_dir": str(out), "world_size": world}
 
 
 def threading_main() -> bool:

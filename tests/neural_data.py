@@ -28,3 +28,23 @@ def rooms_dataset(scenes: int, views: int = 6, seed: int = 0, renderer: str = "r
                                shard_size=50), out, progress=False)
         _CACHE[key] = out
     return _CACHE[key]
+
+
+def with_path_images(src: Path, out: Path) -> Path:
+    """A copy of the dataset ``src`` as a ``--renderer both`` dataset would be (``images`` and
+    ``images_path``), whose path-traced images are stand-ins: 255 minus the rasterized ones, so
+    which set was read is plain. Valid checksums; cheap (no path tracing)."""
+    import numpy as np
+
+    from render.shards import open_shard, read_manifest, read_scene_records, write_manifest, write_shard
+
+    manifest = read_manifest(src)
+    manifest["renderer"] = manifest["config"]["renderer"] = "both"
+    for k in manifest["shards"]:
+        sh = open_shard(src, int(k), verify=False)
+        arrays = {"images": np.asarray(sh.images), "viewpoints": np.asarray(sh.viewpoints),
+                  "cameras": np.asarray(sh.cameras), "fov": np.asarray(sh.fov),
+                  "images_path": 255 - np.asarray(sh.images)}
+        manifest["shards"][k] = write_shard(out, int(k), sh.first_scene, arrays, read_scene_records(src, int(k)))
+    write_manifest(out, manifest)
+    return out

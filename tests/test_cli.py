@@ -129,6 +129,7 @@ def test_scene_convert_glb(tmp_path):
      "1 channel(s); expected an RGB image"),
     (("compare", "cornell_box", "--spp", "99999999999"), "--spp"),
     (("compare", "cornell_box", "--camera", "1"), "scene has 1 camera(s); expected 0..0"),
+    (("compare", "cornell_box", "--neural", "badrun"), "badrun/checkpoint.pt: cannot be read"),
     (("convergence", "cornell_box", "--camera", "-1"), "--camera"),
     (("convergence", "cornell_box", "--max-spp", "200000000"), "expected at most 134217727, or pass --reference"),
     (("train", ".", "--out", "run", "--device", "gpu"), "device 'gpu'; expected auto, cpu, cuda or cuda:N"),
@@ -144,6 +145,9 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "[x]").mkdir()
     (tmp_path / "d.depth.exr").mkdir()
+    (tmp_path / "badrun").mkdir()
+    (tmp_path / "badrun" / "config.json").write_text("{}")
+    (tmp_path / "badrun" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     nan = np.zeros((4, 4, 3), np.float32)
     nan[1, 2, 0] = np.nan
     write_exr(tmp_path / "nan.exr", nan)

@@ -133,10 +133,17 @@ def test_eval_and_novel_verbs(run, tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["context_3"]["scenes"] == 4 and "| 3 |" in res.stdout and "note:" not in res.stdout
+    assert rep["meta"]["held_out"] is True and rep["meta"]["images"] == "raster"
+    # the training data itself: evaluated, with a note that the numbers are not held out
+    res = cli("eval", str(run), "--data", str(rooms_dataset(96, views=6, seed=0)), "--context", "1", "--samples", "1",
+              "--scenes", "2", "--json", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    assert "note:" in res.stdout and "2 of the 2 scenes evaluated are training scenes" in res.stdout, res.stdout
+    assert "--seed <another>" in res.stdout and json.loads((tmp_path / "t.json").read_text())["meta"]["held_out"] is False
     res = cli("eval", str(run), "--data", str(test), "--context", "1", "--samples", "1", "--scenes", "1000")
     assert res.returncode == 0 and "--scenes 1000, but" in res.stdout and "evaluated all 16" in res.stdout, res.stdout
     res = cli("novel", str(run), "--data", str(test), "--index", "2", "--context", "3", "--orbit", "4",
-              "--samples", "2", "--out", str(tmp_path / "o.gif"), "--strip", str(tmp_path / "o.png"))
+              "--samples", "2", "--out", str(tmp_path / "o.gif"), "--strip", str(tmp_path / "o.png"), "--device", "cpu")
     assert res.returncode == 0, res.stderr
     import imageio.v3 as iio
 
@@ -147,7 +154,19 @@ def test_eval_and_novel_verbs(run, tmp_path):
 
 
 def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "cut")
+    ck = tmp_path / "cut" / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[:3000])  # a checkpoint cut short (a full disk, a partial copy)
     for args, words in [
+        (("eval", str(tmp_path / "cut"), "--data", str(rooms_dataset(16, views=6, seed=1))),
+         "cut/checkpoint.pt: cannot be read"),
+        (("novel", str(run), "--scene", "rooms_ring", "--device", "mps"), "device 'mps'; expected"),
+        (("eval", str(run), "--data", str(rooms_dataset(16, views=6, seed=1)), "--images", "path"),
+         "holds rasterized images only"),
+        (("train", str(rooms_dataset(16, views=6, seed=1)), "--out", str(tmp_path / "r"), "--images", "pt"),
+         "'pt' is not one of 'raster', 'path'"),
         (("train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), "not a folder"),
         (("train", str(rooms_dataset(16, views=6, seed=1)), "--out", str(tmp_path / "r"), "--preset", "huge"), "unknown preset"),
         (("train", str(rooms_dataset(16, views=6, seed=1)), "--out", str(tmp_path / "r"), "--set", "hiden=3"), "FIELD=VALUE"),
@@ -160,3 +179,33 @@ def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert words in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_held_out_is_unknown_for_a_run_that_does_not_record_its_data():
+    from neural.evaluate import held_out
+
+    manifest = SceneViews(rooms_dataset(16, views=6, seed=1), verify=False).manifest
+    assert held_out({}, "d", manifest, 16) == (None, None)
+
+
+def test_novel_renders_scene_context_views_as_datasets_are_rendered(monkeypatch):
+    """--scene context views (and the orbit's raster column) use the dataset generator's shadow maps
+    and supersampling: those settings reproduce a dataset's stored view bit for bit; the rasterizer's
+    defaults do not."""
+    import render
+    from neural import novel
+    from render import rasterize_batch, scene_from_dict
+    from render.dataset import DatasetConfig, scene_record
+    from render.image_io import to_srgb8
+
+    cfg = DatasetConfig("rooms_ring", 16, 6, size=64, seed=1, shard_size=50)
+    desc, cams = scene_record(cfg, 3)
+    scene = scene_from_dict(desc)
+    stored, _ = SceneViews(rooms_dataset(16, views=6, seed=1)).gather(np.array([3]), np.array([[2]]))
+    opts = novel.dataset_raster_options(64)
+    assert np.array_equal(to_srgb8(rasterize_batch([(scene, cams[2])], **opts)[0].rgb), stored[0, 0])
+    assert not np.array_equal(to_srgb8(rasterize_batch([(scene, cams[2])])[0].rgb), stored[0, 0])
+    seen = []
+    monkeypatch.setattr(render, "rasterize_batch", lambda pairs, **kw: seen.append(kw) or rasterize_batch(pairs, **kw))
+    ctx, vps = novel.context_from_scene(scene, 2, 64, seed=0)
+    assert seen == [opts] and ctx.shape == (2, 64, 64, 3) and vps.shape == (2, 7)

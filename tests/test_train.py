@@ -145,7 +145,7 @@ def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
            "--device", "cpu", "--no-progress", "--threads", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    assert "done: step 2" in p.stdout
+    assert "done: step 2" in p.stdout and "(a fixed batch of training scenes, not held out" in p.stdout, p.stdout
     ck = load_checkpoint(tmp_path / "ddp")
     assert ck["step"] == 2 and len(ck["rng"]) == 2  # both processes' RNG states
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each process its own latents
@@ -266,3 +266,144 @@ def test_cli_ctrl_c_saves_reports_once_and_exits_130_and_resume_checks_its_targe
     again = subprocess.run(cmd[:2] + [str(rooms[0]), "--out", str(run_dir), "--resume", "--preset", "small"],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "--preset" in again.stderr, again.stderr
+
+
+def test_resume_refuses_another_dataset_and_accepts_the_same_one_moved(rooms, tmp_path):
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    small = rooms_dataset(16, views=6, seed=1)
+    train(small, tmp_path / "run", cfg, steps=1, runtime=RT)
+    run_json = lambda: json.loads((tmp_path / "run" / "run.json").read_text())  # noqa: E731
+    ident = run_json()["dataset"]
+    assert ident["family"] == "rooms_ring" and ident["seed"] == 1 and ident["scenes"] == 16 and ident["shards_sha256"]
+    with pytest.raises(TrainingError, match=r"not the dataset this run trained on \(.*seed 1 vs 0; scenes 16 vs 96"):
+        train(rooms[0], tmp_path / "run", None, steps=2, resume=True, runtime=RT)
+    assert run_json()["data"] == str(small.resolve())  # untouched by the refused resume
+    moved = tmp_path / "moved"
+    shutil.copytree(small, moved)
+    train(moved, tmp_path / "run", None, steps=2, resume=True, runtime=RT)
+    assert run_json()["data"] == str(moved.resolve()) and run_json()["dataset"] == ident
+    # a run written before run.json recorded its dataset: accepted (and recorded from then on)
+    info = run_json()
+    del info["dataset"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    train(rooms[0], tmp_path / "run", None, steps=3, resume=True, runtime=RT)
+    assert run_json()["dataset"]["scenes"] == 96
+
+
+def test_a_bad_dataset_or_batch_leaves_no_run_folder_and_the_data_is_verified_once(rooms, tmp_path, monkeypatch):
+    import render.shards as shards
+    from render.shards import ShardError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(rooms_dataset(16, views=6, seed=1), bad)
+    with open(bad / "shard-00000" / "images.npy", "r+b") as f:  # one flipped byte in the images
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    with pytest.raises(ShardError, match="corrupt"):
+        train(bad, tmp_path / "a", cfg, steps=1, runtime=RT)
+    with pytest.raises(TrainingError, match="16 scenes is fewer than one batch of 32"):
+        train(rooms_dataset(16, views=6, seed=1), tmp_path / "b", cfg.override(batch_size=32), steps=1, runtime=RT)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    calls = []
+    real = shards.verify_shard
+    monkeypatch.setattr(shards, "verify_shard", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    train(rooms_dataset(16, views=6, seed=1), tmp_path / "c", cfg, steps=1, runtime=RT)
+    assert calls == [0], calls  # the one shard, once
+
+
+def test_a_fresh_start_replaces_the_logs_of_a_run_that_died_before_its_first_checkpoint(rooms, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = PRESETS["tiny"].override(batch_size=2, log_every=1, val_every=1)
+    rt = Runtime(progress=False, threads=1, tensorboard=True)
+    train(rooms[0], tmp_path / "run", cfg, steps=3, runtime=rt)
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # as if killed before its first checkpoint
+    time.sleep(1.1)  # event file names carry the second they were made
+    train(rooms[0], tmp_path / "run", cfg, steps=2, runtime=rt)
+    assert [r["step"] for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv"))] == ["1", "2"]
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+    # without --val the validation batch is training scenes, and the logs say so
+    assert "train_batch/psnr" in acc.Tags()["scalars"] and "val/psnr" not in acc.Tags()["scalars"]
+
+
+def test_the_validation_batch_says_whether_it_is_held_out(rooms, tmp_path, capsys):
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    held = lambda run: json.loads((tmp_path / run / "run.json").read_text())["validation"]["held_out"]  # noqa: E731
+    s = train(rooms[0], tmp_path / "own", cfg, steps=1, runtime=RT)
+    assert s["val_held_out"] is False and held("own") is False
+    s = train(rooms[0], tmp_path / "val", cfg, steps=1, runtime=RT, val_data=rooms[1])
+    assert s["val_held_out"] is True and held("val") is True
+    # a --val dataset of the training data's family and seed holds training scenes: not held out, said
+    capsys.readouterr()
+    s = train(rooms[1], tmp_path / "same", cfg, steps=1, runtime=RT, val_data=rooms[1])
+    assert s["val_held_out"] is False and held("same") is False
+    assert "scenes are training scenes" in capsys.readouterr().out
+
+
+def test_checkpoint_permissions_and_unreadable_run_files_are_named(rooms, tmp_path):
+    from neural.train import build_model
+
+    old = os.umask(0o022)
+    try:
+        train(rooms[1], tmp_path / "run", PRESETS["tiny"].override(batch_size=2), steps=1, runtime=RT)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert modes["checkpoint.pt"] == modes["config.json"] == 0o644, modes
+    ck = tmp_path / "run" / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[:5000])  # truncated
+    for call in (lambda: load_checkpoint(tmp_path / "run"), lambda: build_model(tmp_path / "run"),
+                 lambda: train(rooms[1], tmp_path / "run", None, steps=2, resume=True, runtime=RT),
+                 lambda: evaluate(tmp_path / "run", rooms[1], (1,), samples=1)):
+        with pytest.raises(TrainingError, match="checkpoint.pt: cannot be read"):
+            call()
+    (tmp_path / "run" / "config.json").write_text('{"batch_size": 2 "steps": 3}')
+    with pytest.raises(TrainingError, match=r"run/config\.json: cannot be read, not valid JSON \(Expecting ','"):
+        train(rooms[1], tmp_path / "run", None, steps=2, resume=True, runtime=RT)
+
+
+def test_notes_on_an_unreachable_max_context_and_a_non_finite_loss_before_any_checkpoint(rooms, tmp_path, capsys,
+                                                                                        monkeypatch):
+    train(rooms[1], tmp_path / "k", PRESETS["tiny"].override(batch_size=2, max_context=20), steps=1, runtime=RT)
+    out = capsys.readouterr().out
+    assert "note: max_context 20, but" in out and "uses at most 5 context views" in out, out
+    import neural.train as nt
+
+    monkeypatch.setattr(nt, "sigma_at", lambda c, step: float("nan"))
+    with pytest.raises(TrainingError, match="No checkpoint was written yet.*start again without --resume") as e:
+        train(rooms[1], tmp_path / "nan", PRESETS["tiny"].override(batch_size=2), steps=5, runtime=RT)
+    assert "then --resume" not in str(e.value)
+
+
+def test_images_chooses_a_both_dataset_s_path_traced_images_and_eval_follows_the_run(rooms, tmp_path):
+    from neural.data import SceneViews
+    from neural.train import mean_image
+    from render.shards import ShardError
+
+    from neural_data import with_path_images
+
+    both = with_path_images(rooms[1], tmp_path / "both")
+    cfg = PRESETS["tiny"].override(batch_size=2)
+    train(both, tmp_path / "path", cfg, steps=1, runtime=RT, images="path")
+    info = json.loads((tmp_path / "path" / "run.json").read_text())
+    assert info["images"] == "path" and info["dataset"]["renderer"] == "both"
+    np.testing.assert_allclose(np.load(tmp_path / "path" / "mean_image.npy"), 1 - mean_image(rooms[1]), atol=1e-5)
+    rep = evaluate(tmp_path / "path", both, (1,), samples=1, max_scenes=2)  # the run's kind by default
+    assert rep["meta"]["images"] == "path"
+    assert evaluate(tmp_path / "path", both, (1,), samples=1, max_scenes=2, images="raster")["meta"]["images"] == "raster"
+    with pytest.raises(ShardError, match="holds rasterized images only.*pass --images raster"):
+        evaluate(tmp_path / "path", rooms[1], (1,), samples=1, max_scenes=2)
+    with pytest.raises(TrainingError, match="this run trained on path images"):
+        train(both, tmp_path / "path", None, steps=2, resume=True, runtime=RT, images="raster")
+    train(both, tmp_path / "path", None, steps=2, resume=True, runtime=RT)  # resumes on path images
+    with pytest.raises(ShardError, match=r"seed1-raster8: holds rasterized images only \(renderer 'raster'\); "
+                                         "--images path needs"):
+        train(rooms[1], tmp_path / "x", cfg, steps=1, runtime=RT, images="path")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ShardError, match="no path-traced second image set"):
+        SceneViews(rooms[1], images="images_path")

@@ -312,7 +312,10 @@ def compare_cmd(
                               "folder of `trirender train`")
         from neural.novel import load_run
 
-        model, ncfg = load_run(neural)
+        from .cli_neural import _errors
+
+        with _errors():  # an unreadable checkpoint or config: one line naming the file
+            model, ncfg = load_run(neural)
         width = height = ncfg.image_size
     cam = _camera_for(s, width, height, camera_index)
     ref = _reference(reference, cam)

@@ -44,6 +44,12 @@ def _contexts(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _images(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("raster", "path"):
+        raise typer.BadParameter(f"{value!r} is not one of 'raster', 'path'", param_hint="'--images'")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add the neural verbs to ``app``."""
 
@@ -63,7 +69,11 @@ def register(app: typer.Typer) -> None:
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
         threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
-        val: Optional[Path] = typer.Option(None, help="Dataset for the validation batch (default: DATA)."),
+        val: Optional[Path] = typer.Option(None, help="Held-out dataset for the validation batch (default: a fixed batch "
+                                                      "of DATA's training scenes, so val_psnr measures fit)."),
+        images: Optional[str] = typer.Option(None, help="raster or path: which images of DATA to train on (a --renderer "
+                                                         "both dataset holds both; default: DATA's own images, "
+                                                         "resuming: the run's)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ):
         """Train a GQN on a dataset folder (resumable; torchrun for several processes)."""
@@ -87,13 +97,15 @@ def register(app: typer.Typer) -> None:
                                          "is used)")
             rt = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile_, num_workers=workers,
                          progress=progress, threads=threads, time_limit_s=minutes * 60.0)
-            s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val)
+            s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val, images=_images(images))
         import os
 
         if int(os.environ.get("RANK", "0")) == 0:
             how = "interrupted" if s["interrupted"] else ("time limit" if s.get("time_limit_reached") else "done")
+            which = ("held-out --val batch" if s["val_held_out"] else
+                     "a fixed batch of training scenes, not held out: --val DIR for held-out")
             print(f"{how}: step {s['steps']}, loss {s['loss']:.1f} (nll {s['nll']:.1f}, kl {s['kl']:.2f}), "
-                  f"val PSNR {s['val_psnr']:.2f} dB, {s['seconds']:.0f}s; run in {out}"
+                  f"val PSNR {s['val_psnr']:.2f} dB ({which}), {s['seconds']:.0f}s; run in {out}"
                   + ("; checkpoint written, continue with --resume" if s["interrupted"] else ""))
         import torch.distributed as dist
 
@@ -111,7 +123,9 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
         scenes: Optional[int] = typer.Option(None, min=1, help="Use only the first N scenes."),
         seed: int = typer.Option(0, min=0, help="Seed of the query/context choice and the samples."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+        images: Optional[str] = typer.Option(None, help="raster or path: which images of --data to score against "
+                                                         "(default: what the run trained on)."),
     ):
         """PSNR/SSIM of the model vs nearest-view and mean-image baselines, per context size."""
         from .cli import check_out
@@ -122,8 +136,11 @@ def register(app: typer.Typer) -> None:
             from neural.evaluate import evaluate, table
             from render.image_io import write_json_atomic
 
-            report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device)
+            report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device,
+                              images=_images(images))
         used = report[f"context_{ks[0]}"]["scenes"]
+        if report["meta"]["held_out_note"]:
+            print(f"note: {report['meta']['held_out_note']}")
         if scenes is not None and used < scenes:
             print(f"note: --scenes {scenes}, but {data} holds {used}; evaluated all {used}")
         print(table(report))
@@ -144,6 +161,7 @@ def register(app: typer.Typer) -> None:
         path_spp: int = typer.Option(64, min=0, help="Path tracer ground truth at this spp (0: off)."),
         strip_out: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip (every 6th frame)."),
         seed: int = typer.Option(0, min=0, help="Seed of the context views (--scene) and the samples."),
+        device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N (the model; rendering stays where it is)."),
     ):
         """Orbit GIF of novel views: generator beside rasterizer (and path tracer) and uncertainty."""
         from .cli import check_out
@@ -156,15 +174,19 @@ def register(app: typer.Typer) -> None:
             import numpy as np
 
             from neural import novel
+            from neural.train import read_run_info, resolve_device
 
-            model, cfg = novel.load_run(run)
+            model, cfg = novel.load_run(run, resolve_device(device))
             size = cfg.image_size
             raster_options: dict = {}
             if scene is not None:
                 from render import FAMILIES, load_scene
 
                 s = load_scene(scene, seed=seed) if scene in FAMILIES else load_scene(scene)
-                ctx, vps = novel.context_from_scene(s, context, size, seed)
+                # context and ground truth rendered as the run's training data was
+                raster_options = novel.dataset_raster_options(
+                    size, read_run_info(run).get("dataset_render_settings"))
+                ctx, vps = novel.context_from_scene(s, context, size, seed, raster_options)
             else:
                 from neural.data import SceneViews
                 from render import scene_from_dict
@@ -180,10 +202,7 @@ def register(app: typer.Typer) -> None:
                 desc = rec["description"] if "description" in rec else rec
                 settings = views.manifest.get("render_settings", {})
                 if "shadow_map" in settings:  # re-render ground truth as the dataset was rendered
-                    raster_options = {"shadow_resolution": int(settings["shadow_map"]),
-                                      "directional_resolution": int(settings.get("directional_shadow_map",
-                                                                                 2 * settings["shadow_map"])),
-                                      "ssaa": int(settings.get("ssaa", 1))}
+                    raster_options = novel.dataset_raster_options(size, settings)
                 s = scene_from_dict(desc, source=f"{data}[{index}]")
                 imgs, vp = views.gather(np.asarray([index]), np.arange(context)[None])
                 ctx, vps = imgs[0], vp[0]
