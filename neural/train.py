@@ -400,6 +400,23 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         print(f"note: max_context {cfg.max_context}, but {data} has {views.views} views per scene (one is the "
               f"query), so training uses at most {views.views - 1} context views")
     total = int(steps if steps is not None else cfg.steps_total)
+    ck = None
+    if resume:  # the checkpoint is checked before run.json is rewritten: a refused resume changes nothing
+        if not ckpt_path.is_file():
+            raise TrainingError(f"{ckpt_path}: missing, the run stopped before its first checkpoint; start it again "
+                                "without --resume")
+        ck = load_checkpoint(out, dev)
+        if int(ck["step"]) >= total:
+            raise TrainingError(f"{ckpt_path}: the run is already at step {int(ck['step'])}; pass --steps above "
+                                f"{int(ck['step'])} to train further (the target is {total})")
+        if len(ck["rng"]) != world:
+            raise TrainingError(f"{ckpt_path}: saved by {len(ck['rng'])} process(es), resumed with {world}; "
+                                "resume with the same number of processes")
+    # TensorBoard says what the batch is; a resumed run keeps the tag it logged under (runs from
+    # before the tags were split logged every batch as "val"), so its curve stays one curve
+    val_tag = "val" if val_held_out else "train_batch"
+    if resume:
+        val_tag = before.get("validation", {}).get("tensorboard_tag", "val")
     amp = runtime.amp if runtime.amp is not None else dev.type == "cuda"
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -411,6 +428,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
             "dataset_render_settings": views.manifest.get("render_settings"),
             "val_data": str(Path(val_data).resolve()) if val_data else None,
             "validation": {"held_out": val_held_out, "dataset": val_identity if val_data else None,
+                           "tensorboard_tag": val_tag,
                            "meaning": "val_psnr: PSNR of generated views of a fixed batch of "
                                       + ("held-out scenes (--val)" if val_held_out else "training scenes (fit, not "
                                          "generalisation)")},
@@ -428,22 +446,12 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                            fused=dev.type == "cuda")
     step = 0
     before_s = 0.0  # training time of the earlier sessions of a resumed run (metrics.csv's elapsed_s goes on)
-    if resume:
-        if not ckpt_path.is_file():
-            raise TrainingError(f"{ckpt_path}: missing, the run stopped before its first checkpoint; start it again "
-                                "without --resume")
-        ck = load_checkpoint(out, dev)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
-        if step >= total:
-            raise TrainingError(f"{ckpt_path}: the run is already at step {step}; pass --steps above {step} to train "
-                                f"further (the target is {total})")
         before_s = float(ck.get("elapsed_s", 0.0))
         states = ck["rng"]
-        if len(states) != world:
-            raise TrainingError(f"{ckpt_path}: saved by {len(states)} process(es), resumed with {world}; "
-                                "resume with the same number of processes")
         torch.set_rng_state(states[rank]["torch"])
         if dev.type == "cuda" and states[rank]["cuda"] is not None:
             torch.cuda.set_rng_state_all(states[rank]["cuda"])
@@ -484,7 +492,6 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         if new:
             csv_writer.writeheader()
     val = to_model(validation_batch(val_data or data, cfg, images=val_key), dev) if main else None
-    val_tag = "val" if val_held_out else "train_batch"  # TensorBoard: say what the batch is
 
     def validate() -> tuple[float, np.ndarray]:
         model.eval()

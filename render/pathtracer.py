@@ -97,9 +97,19 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
     if current is not None and (backend == "auto" or backend == current):
         return current, _state["device"]
     # Taichi prints its banner (at import) and its arch (at init) to stdout: send them to stderr, so
-    # stdout carries only what our callers print (the CLI's one-line results are parsed by scripts)
-    with contextlib.redirect_stdout(sys.stderr):
-        import taichi as ti
+    # stdout carries only what our callers print (the CLI's one-line results are parsed by scripts).
+    # Taichi takes a redirected stdout at import for a notebook's and wraps every kernel call to
+    # flush its print buffer; our kernels print nothing, so that buffer stays off unless the user
+    # asked for it (TI_ENABLE_PYBUF).
+    ours = "TI_ENABLE_PYBUF" not in os.environ
+    if ours:
+        os.environ["TI_ENABLE_PYBUF"] = "0"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            import taichi as ti
+    finally:
+        if ours:
+            os.environ.pop("TI_ENABLE_PYBUF", None)
 
     if current is not None:
         ti.reset()
@@ -321,8 +331,10 @@ def _camera_row(cam: Camera) -> np.ndarray:
     """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward, near, far."""
     right, up, fwd = cam.basis()
     tan_half = math.tan(math.radians(cam.fov) / 2.0)
+    # far clamped to a finite float32 far beyond the scene (coordinates stay within 1e12): a far of
+    # 1e300 would become inf, which the fast-math kernels assume never occurs
     return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd,
-                           [cam.near, cam.far]]).astype(np.float32)
+                           [cam.near, min(cam.far, 1e20)]]).astype(np.float32)
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",

@@ -282,10 +282,14 @@ def test_resume_refuses_another_dataset_and_accepts_the_same_one_moved(rooms, tm
     shutil.copytree(small, moved)
     train(moved, tmp_path / "run", None, steps=2, resume=True, runtime=RT)
     assert run_json()["data"] == str(moved.resolve()) and run_json()["dataset"] == ident
-    # a run written before run.json recorded its dataset: accepted (and recorded from then on)
+    # a run written before run.json recorded its dataset: accepted (and recorded from then on), but
+    # only by a resume that goes ahead: one refused for its checkpoint leaves run.json as it was
     info = run_json()
     del info["dataset"]
     (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    with pytest.raises(TrainingError, match="already at step 2"):
+        train(rooms[0], tmp_path / "run", None, steps=2, resume=True, runtime=RT)
+    assert run_json() == info
     train(rooms[0], tmp_path / "run", None, steps=3, resume=True, runtime=RT)
     assert run_json()["dataset"]["scenes"] == 96
 
@@ -343,6 +347,16 @@ def test_the_validation_batch_says_whether_it_is_held_out(rooms, tmp_path, capsy
     s = train(rooms[1], tmp_path / "same", cfg, steps=1, runtime=RT, val_data=rooms[1])
     assert s["val_held_out"] is False and held("same") is False
     assert "scenes are training scenes" in capsys.readouterr().out
+    # TensorBoard's tag says what the batch is, and a resumed run keeps the tag it logged under
+    # (a run from before the split, without the record, logged every batch as "val")
+    info = lambda run: json.loads((tmp_path / run / "run.json").read_text())  # noqa: E731
+    assert info("own")["validation"]["tensorboard_tag"] == "train_batch"
+    assert info("val")["validation"]["tensorboard_tag"] == "val"
+    old = info("own")
+    del old["validation"]
+    (tmp_path / "own" / "run.json").write_text(json.dumps(old))
+    train(rooms[0], tmp_path / "own", None, steps=2, resume=True, runtime=RT)
+    assert info("own")["validation"]["tensorboard_tag"] == "val"
 
 
 def test_checkpoint_permissions_and_unreadable_run_files_are_named(rooms, tmp_path):
@@ -407,3 +421,26 @@ def test_images_chooses_a_both_dataset_s_path_traced_images_and_eval_follows_the
     assert not (tmp_path / "x").exists()
     with pytest.raises(ShardError, match="no path-traced second image set"):
         SceneViews(rooms[1], images="images_path")
+
+
+def test_novel_feeds_a_path_trained_run_its_datasets_path_traced_views(rooms, tmp_path, monkeypatch):
+    import neural.novel
+    from neural.data import SceneViews
+    from typer.testing import CliRunner
+
+    from neural_data import with_path_images
+    from trirender.cli import app
+
+    both = with_path_images(rooms[1], tmp_path / "both")
+    train(both, tmp_path / "run", PRESETS["tiny"].override(batch_size=2), steps=1, runtime=RT, images="path")
+    seen = {}
+
+    def orbit(model, scene, ctx, vps, **kw):  # stop once the context views are chosen
+        seen["ctx"] = ctx
+        raise SystemExit(0)
+
+    monkeypatch.setattr(neural.novel, "orbit", orbit)
+    CliRunner().invoke(app, ["novel", str(tmp_path / "run"), "--data", str(both), "--index", "1", "--context", "2",
+                             "--out", str(tmp_path / "o.gif")])
+    imgs, _ = SceneViews(both, images="images_path").gather(np.asarray([1]), np.arange(2)[None])
+    np.testing.assert_array_equal(seen["ctx"], imgs[0])

@@ -178,21 +178,27 @@ def register(app: typer.Typer) -> None:
 
             model, cfg = novel.load_run(run, resolve_device(device))
             size = cfg.image_size
+            trained_on = read_run_info(run).get("images")  # raster or path (None: a run from before it was recorded)
             raster_options: dict = {}
             if scene is not None:
                 from render import FAMILIES, load_scene
 
+                if trained_on == "path":
+                    print("note: this run trained on path-traced images, but --scene context views are rasterized; "
+                          "--data DIR --index I feeds it its dataset's own path-traced views")
                 s = load_scene(scene, seed=seed) if scene in FAMILIES else load_scene(scene)
                 # context and ground truth rendered as the run's training data was
                 raster_options = novel.dataset_raster_options(
                     size, read_run_info(run).get("dataset_render_settings"))
                 ctx, vps = novel.context_from_scene(s, context, size, seed, raster_options)
             else:
-                from neural.data import SceneViews
+                from neural.data import SceneViews, images_key
                 from render import scene_from_dict
                 from render.shards import read_scene_records
 
-                views = SceneViews(data)
+                # the context views from the images the run trained on (a 'both' dataset holds two kinds)
+                key = images_key(SceneViews(data, verify=False).manifest, trained_on, data)
+                views = SceneViews(data, images=key)
                 if not 0 <= index < views.num_scenes:
                     raise typer.BadParameter(f"--index {index}; {data} has scenes 0..{views.num_scenes - 1}")
                 if context > views.views:
