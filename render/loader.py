@@ -264,8 +264,8 @@ def _object_soup(spec, source: str, base_dir: Path, loc: tuple):
 def _world_soup(local, translate, rotate, scale):
     """Object -> world, and which triangles to keep (finite, with area above MIN_TRIANGLE_AREA)."""
     p, n, uv = apply_transform(local, translate, rotate, scale)
-    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
     with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite input is refused by the caller
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
         c = e1[:, [1, 2, 0]] * e2[:, [2, 0, 1]] - e1[:, [2, 0, 1]] * e2[:, [1, 2, 0]]  # e1 x e2 (np.cross is slow)
         area = 0.5 * np.sqrt(np.einsum("ti,ti->t", c, c))
     keep = np.isfinite(area) & (area > MIN_TRIANGLE_AREA) & np.isfinite(n).all(axis=(1, 2))

@@ -170,6 +170,7 @@ def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):
               "--out", "p.exr", "--aov", "id", "--stats", "s.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [res.stdout.strip()] and res.stdout.startswith("wrote p.exr, p.id.png, s.json")
+    assert "Graphical python shell" not in res.stderr  # nor does the redirect switch on Taichi's notebook mode
     stats = json.loads((tmp_path / "s.json").read_text())
     for key in ("paths_per_second", "compile_seconds", "render_seconds", "backend", "device", "spp", "max_depth", "seed"):
         assert key in stats, key
@@ -182,6 +183,9 @@ def test_options_of_the_other_renderer_are_named_as_ignored(tmp_path):
     assert res.returncode == 0 and "note: --spp, --time do not apply to the raster renderer" in res.stderr, res.stderr
     res = run("render", "cornell_box", "--width", "8", "--height", "8", "--out", "a.png", cwd=tmp_path)
     assert res.returncode == 0 and "note:" not in res.stderr, res.stderr
+    res = run("render", "cornell_box", "--renderer", "path", "--spp", "1", "--width", "8", "--height", "8",
+              "--no-shadows", "--out", "a.png", cwd=tmp_path)
+    assert res.returncode == 0 and "note: --no-shadows does not apply to the path renderer" in res.stderr, res.stderr
 
 
 def test_compare_renders_the_chosen_camera(tmp_path):

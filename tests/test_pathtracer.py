@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -453,6 +454,11 @@ def test_camera_rays_are_clipped_to_near_and_far_like_the_rasterizer():
     np.testing.assert_allclose(p.depth[middle], 3.0, rtol=1e-5)
     # where the clipped far wall would be, the environment is seen
     np.testing.assert_allclose(p.rgb[interior(p.object_id < 0)], 1.0, rtol=1e-6)
+    # a far plane beyond float32 (the format takes any finite far) clips nothing, with no overflow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unclipped = trace(scene, dataclasses.replace(scene.camera, far=1e300), spp=1, max_depth=1)
+    assert 2 in set(np.unique(unclipped.object_id))
 
 
 def test_aovs_agree_with_rasterizer():

@@ -115,7 +115,7 @@ def test_zero_area_light(mesh_dir):
     refuse(d, mesh_dir, "objects[1]", "zero-area light")
 
 
-@pytest.mark.parametrize("scale", [1e13, 1e39, 1e300])  # 1e300: the areas overflow, not zero
+@pytest.mark.parametrize("scale", [1e13, 1e39, 1e300, 1e308])  # 1e300: the areas overflow, 1e308 the edges
 def test_coordinates_beyond_float32_ray_tests_are_refused(mesh_dir, scale):
     # 1e39 overflows float32 itself; 1e13 does not, but float32 ray-triangle tests would miss it
     d = minimal_description()

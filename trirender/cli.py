@@ -256,10 +256,12 @@ def _reference(path: Optional[Path], cam):
 
 
 def _option_name(ctx, param: str) -> str:
-    """The long option a command parameter is given with (time_budget -> time)."""
+    """The long option a command parameter was given with (time_budget -> time; a flag set off ->
+    its --no- form)."""
     for p in ctx.command.params:
         if p.name == param:
-            return max(p.opts, key=len).lstrip("-")
+            opts = p.secondary_opts if ctx.params.get(param) is False and p.secondary_opts else p.opts
+            return max(opts, key=len).lstrip("-")
     return param
 
 
