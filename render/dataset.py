@@ -51,6 +51,10 @@ RENDERERS = ("raster", "path", "both")
 # slab tests and a 1e-5 barycentric slack, so rays through creases and seams no longer leak; CPU
 # leaves of up to three SIMD blocks (another tree).
 RENDER_REVISION = 8
+# The same for the rasterizer alone: the last revision above that changed rasterized bytes (7's
+# environment-map orientation; 3-6 and 8 changed the path tracer only). A raster-only dataset
+# records this one, so a path-tracer change does not stop a half-made raster dataset from resuming.
+RASTER_REVISION = 7
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class DatasetConfig:
                 "render_settings": {"spp": self.spp, "max_depth": self.max_depth, "ssaa": self.ssaa,
                                     "shadow_map": shadow_map_size(self.size),
                                     "directional_shadow_map": shadow_map_size(self.size),
-                                    "render_revision": RENDER_REVISION},
+                                    "render_revision": RASTER_REVISION if self.renderer == "raster" else
+                                    RENDER_REVISION},
                 "seed": self.seed, "shard_size": self.shard_size, "num_shards": self.num_shards,
                 "config": asdict(self)}
 

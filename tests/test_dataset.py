@@ -1,6 +1,7 @@
 """Datasets: determinism across workers and shard splits, resume after kill -9, checksums, the
 torch loader's shapes and conventions, and re-rendering from the stored scene records."""
 
+import dataclasses
 import filecmp
 import json
 import os
@@ -110,6 +111,13 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ShardError, match="render_settings.render_revision"):
         generate(CFG, tmp_path, progress=False)
+    # a raster-only dataset records the rasterizer's own revision: path tracer changes leave it resumable
+    from render.dataset import RASTER_REVISION, RENDER_REVISION
+
+    assert CFG.manifest()["render_settings"]["render_revision"] == RASTER_REVISION <= RENDER_REVISION
+    for renderer in ("path", "both"):
+        cfg = dataclasses.replace(CFG, renderer=renderer)
+        assert cfg.manifest()["render_settings"]["render_revision"] == RENDER_REVISION
 
 
 GEN = """
