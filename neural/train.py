@@ -561,11 +561,17 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                 acc[k] += float(res[k].detach())
             acc["n"] += 1
             bar.update(1)
-            if main and (step % cfg.log_every == 0 or step == total):
-                now = time.perf_counter()
-                rate = (step - steps_at_log) / max(now - t_log, 1e-9)
+            log_now = step % cfg.log_every == 0 or step == total  # the same steps in every process
+            if log_now:
+                if world > 1:  # the mean over every process's batches, not rank 0's alone
+                    sums = torch.tensor([acc["loss"], acc["nll"], acc["kl"]], dtype=torch.float64, device=dev)
+                    dist.all_reduce(sums)
+                    acc.update(loss=sums[0].item() / world, nll=sums[1].item() / world, kl=sums[2].item() / world)
                 for k in ("loss", "nll", "kl"):
                     last[k] = acc[k] / acc["n"]
+            if main and log_now:
+                now = time.perf_counter()
+                rate = (step - steps_at_log) / max(now - t_log, 1e-9)
                 row = {"step": step, "epoch": epoch, **{k: f"{last[k]:.6g}" for k in ("loss", "nll", "kl")},
                        "sigma": f"{sigma:.6g}", "lr": f"{lr:.6g}", "val_psnr": "", "it_per_s": f"{rate:.4g}",
                        "images_per_s": f"{rate * cfg.batch_size * world:.4g}", "elapsed_s": f"{before_s + now - t_start:.1f}"}
@@ -587,8 +593,9 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                     writer.add_scalar("train/lr", lr, step)
                     writer.add_scalar("train/it_per_s", rate, step)
                 bar.set_postfix(loss=f"{last['loss']:.1f}", kl=f"{last['kl']:.1f}", sigma=f"{sigma:.2f}")
-                acc = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "n": 0}
                 t_log, steps_at_log = now, step
+            if log_now:
+                acc = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "n": 0}
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint()
             if on_step is not None:

@@ -152,6 +152,35 @@ def test_torchrun_two_cpu_processes_gloo_trains_two_steps(rooms, tmp_path):
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
 
 
+def _train_worker(rank: int, port: int, data: str, out: str, result_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    s = train(data, out, PRESETS["tiny"].override(batch_size=2), steps=2, runtime=RT)
+    Path(result_dir, str(rank)).write_text(json.dumps([s["loss"], s["nll"], s["kl"]]))
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_logged_losses_are_the_mean_over_every_process(rooms, tmp_path):
+    # each process trains on its own batches: the logged (and returned) loss terms are their mean,
+    # the same in every process, not rank 0's alone
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_train_worker, args=(port, str(rooms[0]), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    per_rank = [json.loads((tmp_path / str(r)).read_text()) for r in range(2)]
+    assert all(math.isfinite(x) for x in per_rank[0]) and per_rank[0] == per_rank[1], per_rank
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        last_row = list(csv.DictReader(f))[-1]
+    assert float(last_row["loss"]) == pytest.approx(per_rank[0][0], rel=1e-5)
+
+
 def _agree_worker(rank: int, init_file: str, diverge: bool, result_dir: str) -> None:
     import torch.distributed as dist
 
