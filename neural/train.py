@@ -173,9 +173,12 @@ def _replicas_agree(model: torch.nn.Module, world: int) -> bool:
     return bool(torch.equal(high, low))
 
 
-def _rng_states(world: int) -> list[dict[str, Any]]:
+def _rng_states(world: int, log_acc: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Every process's RNG states (and the loss sums it has gathered since the last log row, so a
+    resumed run logs the rows an uninterrupted one would), one dict per process."""
     own = {"torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+           "log_acc": dict(log_acc) if log_acc is not None else None}
     if world == 1:
         return [own]
     states: list[Any] = [None] * world
@@ -465,7 +468,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     fwd = torch.compile(ddp) if runtime.compile else ddp
 
     def checkpoint() -> None:
-        states = _rng_states(world)
+        states = _rng_states(world, acc)
         if not _replicas_agree(model, world):
             raise TrainingError(f"the {world} processes' weights differ at step {step}: their gradients were not "
                                 "averaged alike; the checkpoint is not written (the last one stays)")
@@ -515,7 +518,9 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
 
     bar = tqdm(total=total, initial=step, disable=not (main and runtime.progress), unit="it", dynamic_ncols=True,
                desc="train")
-    acc = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "n": 0}
+    acc = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "n": 0}  # loss sums since the last log row
+    if ck is not None and ck["rng"][rank].get("log_acc"):  # checkpoints from before it was saved have none
+        acc = dict(ck["rng"][rank]["log_acc"])
     t_start = t_log = time.perf_counter()
     steps_at_log = step
     last = {"loss": math.nan, "nll": math.nan, "kl": math.nan, "val_psnr": math.nan}
