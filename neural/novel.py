@@ -141,19 +141,27 @@ def dataset_raster_options(size: int, settings: dict[str, Any] | None = None) ->
             "ssaa": int(settings.get("ssaa", 1))}
 
 
-def context_from_scene(scene: Any, k: int, size: int = 64, seed: int = 0,
-                       raster_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """K context views of a scene rendered by the rasterizer on its camera's orbit at seeded random
-    angles: images uint8 (K, size, size, 3), viewpoints float32 (K, 7). raster_options: keyword
-    arguments of ``render.rasterize_batch`` (default: ``dataset_raster_options(size)``, the settings
-    training data is rendered with, so the model sees what it was trained on)."""
-    from render import rasterize_batch
+def context_from_scene(scene: Any, k: int, size: int = 64, seed: int = 0, raster_options: dict | None = None,
+                       path: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """K context views of a scene on its camera's orbit at seeded random angles: images uint8
+    (K, size, size, 3), viewpoints float32 (K, 7). Rendered by the rasterizer with raster_options
+    (keyword arguments of ``render.rasterize_batch``; default ``dataset_raster_options(size)``, the
+    settings training data is rendered with, so the model sees what it was trained on), or, given
+    ``path`` (``{"spp": .., "max_depth": ..}``, a path-traced dataset's settings), by the path tracer."""
     from render.image_io import to_srgb8
 
     rng = np.random.default_rng(seed)
     cams = [orbit_cameras(scene.camera, 1, size, start=float(a))[0] for a in rng.uniform(0, 2 * math.pi, k)]
-    opts = dataset_raster_options(size) if raster_options is None else raster_options
-    frames = rasterize_batch([(scene, c) for c in cams], **opts)
+    if path is not None:
+        from render import pathtrace_views
+
+        frames = pathtrace_views(scene, cams, spp=int(path["spp"]), max_depth=int(path["max_depth"]),
+                                 seeds=[seed * 1_000_003 + i for i in range(k)])
+    else:
+        from render import rasterize_batch
+
+        opts = dataset_raster_options(size) if raster_options is None else raster_options
+        frames = rasterize_batch([(scene, c) for c in cams], **opts)
     return np.stack([to_srgb8(f.rgb) for f in frames]), np.stack([c.viewpoint() for c in cams])
 
 

@@ -453,7 +453,7 @@ def test_images_chooses_a_both_dataset_s_path_traced_images_and_eval_follows_the
         SceneViews(rooms[1], images="images_path")
 
 
-def test_novel_feeds_a_path_trained_run_its_datasets_path_traced_views(rooms, tmp_path, monkeypatch):
+def test_novel_feeds_a_path_trained_run_path_traced_context_views(rooms, tmp_path, monkeypatch):
     import neural.novel
     from neural.data import SceneViews
     from typer.testing import CliRunner
@@ -474,3 +474,15 @@ def test_novel_feeds_a_path_trained_run_its_datasets_path_traced_views(rooms, tm
                              "--out", str(tmp_path / "o.gif")])
     imgs, _ = SceneViews(both, images="images_path").gather(np.asarray([1]), np.arange(2)[None])
     np.testing.assert_array_equal(seen["ctx"], imgs[0])
+    # with --scene its context views are path-traced with the dataset's spp and depth
+    from render import load_scene
+
+    res = CliRunner().invoke(app, ["novel", str(tmp_path / "run"), "--scene", "rooms_ring", "--context", "2",
+                                   "--out", str(tmp_path / "o.gif")])
+    assert "ctx" in seen and res.exit_code == 0, res.output
+    scene = load_scene("rooms_ring", seed=0)
+    settings = SceneViews(both, verify=False).manifest["render_settings"]
+    path = neural.novel.context_from_scene(scene, 2, 64, 0, path={"spp": settings["spp"], "max_depth": settings["max_depth"]})
+    raster = neural.novel.context_from_scene(scene, 2, 64, 0)
+    np.testing.assert_array_equal(seen["ctx"], path[0])
+    assert np.abs(path[0].astype(int) - raster[0]).mean() > 1  # not the rasterizer's views

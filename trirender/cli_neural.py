@@ -178,19 +178,20 @@ def register(app: typer.Typer) -> None:
 
             model, cfg = novel.load_run(run, resolve_device(device))
             size = cfg.image_size
-            trained_on = read_run_info(run).get("images")  # raster or path (None: a run from before it was recorded)
+            info = read_run_info(run)
+            trained_on = info.get("images")  # raster or path (None: a run from before it was recorded)
             raster_options: dict = {}
             if scene is not None:
                 from render import FAMILIES, load_scene
 
-                if trained_on == "path":
-                    print("note: this run trained on path-traced images, but --scene context views are rasterized; "
-                          "--data DIR --index I feeds it its dataset's own path-traced views")
                 s = load_scene(scene, seed=seed) if scene in FAMILIES else load_scene(scene)
-                # context and ground truth rendered as the run's training data was
-                raster_options = novel.dataset_raster_options(
-                    size, read_run_info(run).get("dataset_render_settings"))
-                ctx, vps = novel.context_from_scene(s, context, size, seed, raster_options)
+                # context views (and the raster ground truth) rendered as the run's training data was:
+                # path-traced for a run trained on path-traced images, with its dataset's spp and depth
+                settings = info.get("dataset_render_settings") or {}
+                raster_options = novel.dataset_raster_options(size, settings)
+                path = ({"spp": settings.get("spp", 64), "max_depth": settings.get("max_depth", 8)}
+                        if trained_on == "path" else None)
+                ctx, vps = novel.context_from_scene(s, context, size, seed, raster_options, path=path)
             else:
                 from neural.data import SceneViews, images_key
                 from render import scene_from_dict
