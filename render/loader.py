@@ -19,7 +19,7 @@ import pydantic
 from . import schema
 from .camera import Camera
 from .errors import SceneError, field_path
-from .scene import Checker, Environment, Light, Material, Scene, SceneObject
+from .scene import MAX_COORDINATE, Checker, Environment, Light, Material, Scene, SceneObject
 from .shapes import SHAPES, apply_transform, freeze_params
 
 if sys.version_info >= (3, 11):
@@ -31,10 +31,6 @@ MESH_SUFFIXES = {".obj", ".ply", ".stl", ".glb", ".gltf", ".off"}
 TOP_LEVEL_KEYS = ("camera", "cameras", "materials", "objects", "lights", "environment")
 # Triangles with less area than this (m^2) are dropped from meshes as degenerate.
 MIN_TRIANGLE_AREA = 1e-14
-# Scene coordinates stay within +-MAX_COORDINATE (metres). The ray-triangle tests run in float32 with
-# the barycentrics scaled by the determinant (t * det grows as size**3), which overflows for
-# triangles larger than ~7e12; 1e12 leaves room and is far beyond any scene float32 can resolve.
-MAX_COORDINATE = 1e12
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -118,6 +114,10 @@ def _resolve(base_dir: Path, name: str, source: str, loc: tuple, what: str) -> P
 
 # --- pieces -------------------------------------------------------------------------------------
 def _camera(spec: schema.CameraSpec, source: str, loc: tuple) -> Camera:
+    reach = max(abs(x) for x in spec.position)
+    if reach > MAX_COORDINATE:
+        raise SceneError(source, field_path(loc + ("position",)), f"{reach:.3g} m from the origin; expected "
+                         f"coordinates within +-{MAX_COORDINATE:.0e} m like the geometry's (float32 ray tests)")
     try:
         return Camera(tuple(spec.position), tuple(spec.look_at), tuple(spec.up), spec.fov,
                       spec.width, spec.height, spec.near, spec.far)

@@ -30,7 +30,7 @@ from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
-from .scene import EMITTER, Scene
+from .scene import EMITTER, MAX_COORDINATE, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -331,10 +331,10 @@ def _camera_row(cam: Camera) -> np.ndarray:
     """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward, near, far."""
     right, up, fwd = cam.basis()
     tan_half = math.tan(math.radians(cam.fov) / 2.0)
-    # far clamped to a finite float32 far beyond the scene (coordinates stay within 1e12): a far of
-    # 1e300 would become inf, which the fast-math kernels assume never occurs
+    # far clamped to the kernels' FAR, beyond every hit (coordinates and cameras stay within 1e12):
+    # a far of 1e300 would become inf, which the fast-math kernels assume never occurs
     return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd,
-                           [cam.near, min(cam.far, 1e20)]]).astype(np.float32)
+                           [cam.near, min(cam.far, 1.0e13)]]).astype(np.float32)
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",
@@ -427,6 +427,9 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     sizes = {(c.width, c.height) for c in cameras}
     if len(sizes) > 1:
         raise RenderError(f"cameras of sizes {sorted(sizes)}; expected one size for all the views of a call")
+    reach = max(float(np.abs(c.position).max()) for c in cameras)
+    if reach > MAX_COORDINATE:  # the kernels' FAR assumes every ray starts within the scene's range
+        raise RenderError(f"a camera {reach:.3g} m from the origin; expected positions within +-{MAX_COORDINATE:.0e} m")
     if not isinstance(spp, (int, np.integer)) or not 1 <= spp <= MAX_SPP:
         raise RenderError(f"spp {spp!r}; expected an integer from 1 to {MAX_SPP}")
     if not isinstance(max_depth, (int, np.integer)) or max_depth < -1:

@@ -57,6 +57,11 @@ BOX_SLACK = 1.0 + 2.0 * (3 * 2.0 ** -24) / (1 - 3 * 2.0 ** -24)  # 1 + 2 gamma(3
 # triangles can reject it and the ray leaks through the seam; 1e-5 of a triangle's size is invisible.
 EDGE_SLACK = 1.0e-5
 MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (the loader keeps coordinates within 1e12)
+# The end of an unbounded segment. The loader keeps vertices and cameras within +-1e12 m, so no hit
+# lies farther than 3.5e12 and a triangle's |det| (|d| |e1| |e2|) stays below 1.2e25: the test
+# t < t_max |det| then stays finite in float32 (a 1e30 end overflowed it to inf for triangles larger
+# than ~2e4 m, a comparison the fast-math kernels assume never meets an infinity).
+FAR = 1.0e13
 
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
 ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)
@@ -598,7 +603,7 @@ def radiance(o, d, fwd, near, far, state: ti.template(), max_depth, mode, pix, a
     t_seg = (far - near) / cos_f  # ... and ends on the far one
     while True:
         t, k, b1, b2 = intersect(o, d, t_seg, False, node_lo, node_hi, node_i, tri_v, tri_blk, simd)
-        t_seg = 1.0e30
+        t_seg = FAR
         if k < 0:
             if aov:
                 depth_aov[pix] = ti.math.inf
@@ -725,7 +730,7 @@ def radiance(o, d, fwd, near, far, state: ti.template(), max_depth, mode, pix, a
                         w = power_heuristic(pdf_l, pdf_b)
                     so = offset_origin(p, ng, wi_w)
                     sd = wi_w
-                    t_sh = 1.0e30
+                    t_sh = FAR
                     if dist < 1.0e30:
                         # aimed and measured from the offset origin: measured from p, the ray would
                         # stop past the light's surface when p lies close to the light's plane (or far
@@ -817,7 +822,7 @@ def trace_rays(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI,
                node_lo: NDV3, node_hi: NDV3, node_i: NDI3, tri_v: NDV3, tri_blk: NDB, simd: ti.template()):
     """Closest hit of each ray (for tests against render.bvh's brute force); tri_out in leaf order."""
     for r in range(origins.shape[0]):
-        t, k, _, _ = intersect(origins[r], directions[r], 1.0e30, False, node_lo, node_hi, node_i, tri_v, tri_blk,
+        t, k, _, _ = intersect(origins[r], directions[r], FAR, False, node_lo, node_hi, node_i, tri_v, tri_blk,
                                simd)
         t_out[r] = t if k >= 0 else ti.math.inf
         tri_out[r] = k

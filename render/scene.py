@@ -27,6 +27,12 @@ LIGHT_TYPES = {"point": POINT, "directional": DIRECTIONAL}
 Vec3 = tuple[float, float, float]
 
 
+# Scene coordinates (vertices and cameras) stay within +-MAX_COORDINATE metres (render.loader refuses
+# the rest). The path tracer's float32 ray-triangle test keeps the barycentrics scaled by the
+# determinant (t * det grows as size**3), which overflows for triangles larger than ~7e12; within
+# 1e12 no hit lies farther than 3.5e12, which bounds its unbounded segments (pt_kernels.FAR).
+MAX_COORDINATE = 1e12
+
 @dataclass(frozen=True)
 class Checker:
     """A procedural checkerboard in uv space: ``color1`` where floor(u*scale)+floor(v*scale) is even."""

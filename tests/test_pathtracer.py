@@ -689,6 +689,8 @@ def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch
 
 def test_bad_settings_are_refused():
     scene = render.cornell_box(width=8, height=8)
+    with pytest.raises(RenderError, match="a camera 1e\\+13 m from the origin"):  # cameras made in code too
+        pt.pathtrace(scene, dataclasses.replace(scene.camera, position=(0.0, 0.0, 1e13)), spp=1)
     for kw in ({"spp": 0}, {"spp": 1, "max_depth": -2}, {"spp": 1, "backend": "tpu"}, {"spp": 1, "strategy": "x"},
                {"spp": 1, "time_budget": 0.0}):
         with pytest.raises(RenderError):

@@ -125,6 +125,9 @@ def test_coordinates_beyond_float32_ray_tests_are_refused(mesh_dir, scale):
         refuse(d, mesh_dir, "objects[0]", f"{render.loader.MAX_COORDINATE:.0e}")
     d["objects"][0]["scale"] = 1e11
     assert np.abs(scene_from_dict(d, source=SOURCE, base_dir=mesh_dir).positions).max() > 1e10
+    # and so are cameras (every ray starts within the range, which bounds the path tracer's segments)
+    d["camera"]["position"] = [0.0, 1.0, scale]
+    refuse(d, mesh_dir, "camera.position", f"{render.loader.MAX_COORDINATE:.0e}")
 
 
 @pytest.mark.parametrize("value", [5.0, -1.0])
