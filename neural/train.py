@@ -33,7 +33,6 @@ import pickle
 import platform
 import re
 import signal
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from render.image_io import _umask, write_json_atomic
+from render.image_io import atomic_path, write_json_atomic
 
 from .data import (GQNBatches, SceneViews, dataset_identity, identity_diff, images_key, images_kind, make_loader,
                    same_scenes, to_model)
@@ -264,18 +263,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # --- checkpoints --------------------------------------------------------------------------------
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would, like the run's other files
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temporary file beside ``path`` (``render.image_io.atomic_path``: the usual
+    permissions, removed on error), fsynced before it is renamed over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
