@@ -30,7 +30,7 @@ from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
-from .scene import EMITTER, MAX_COORDINATE, Scene
+from .scene import EMITTER, FAR, MAX_COORDINATE, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -331,10 +331,10 @@ def _camera_row(cam: Camera) -> np.ndarray:
     """A view's row of ``render_pass``'s cams: origin, right * tan * aspect, up * tan, forward, near, far."""
     right, up, fwd = cam.basis()
     tan_half = math.tan(math.radians(cam.fov) / 2.0)
-    # far clamped to the kernels' FAR, beyond every hit (coordinates and cameras stay within 1e12):
-    # a far of 1e300 would become inf, which the fast-math kernels assume never occurs
+    # far clamped to FAR, beyond every hit: a far of 1e300 would become inf, which the fast-math
+    # kernels assume never occurs
     return np.concatenate([cam.position, right * tan_half * cam.aspect, up * tan_half, fwd,
-                           [cam.near, min(cam.far, 1.0e13)]]).astype(np.float32)
+                           [cam.near, min(cam.far, FAR)]]).astype(np.float32)
 
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",

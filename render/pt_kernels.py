@@ -38,6 +38,7 @@ import math
 import taichi as ti
 
 from .bvh import BLOCK, MAX_BLOCKS
+from .scene import FAR  # the end of an unbounded segment
 
 vec2 = ti.math.vec2
 vec3 = ti.math.vec3
@@ -57,11 +58,6 @@ BOX_SLACK = 1.0 + 2.0 * (3 * 2.0 ** -24) / (1 - 3 * 2.0 ** -24)  # 1 + 2 gamma(3
 # triangles can reject it and the ray leaks through the seam; 1e-5 of a triangle's size is invisible.
 EDGE_SLACK = 1.0e-5
 MISS = 1.0e30  # box_entry's "no hit"; rays never reach this far (the loader keeps coordinates within 1e12)
-# The end of an unbounded segment. The loader keeps vertices and cameras within +-1e12 m, so no hit
-# lies farther than 3.5e12 and a triangle's |det| (|d| |e1| |e2|) stays below 1.2e25: the test
-# t < t_max |det| then stays finite in float32 (a 1e30 end overflowed it to inf for triangles larger
-# than ~2e4 m, a comparison the fast-math kernels assume never meets an infinity).
-FAR = 1.0e13
 
 NDF = ti.types.ndarray(dtype=ti.f32, ndim=1)
 ND2F = ti.types.ndarray(dtype=ti.f32, ndim=2)

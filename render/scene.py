@@ -29,9 +29,14 @@ Vec3 = tuple[float, float, float]
 
 # Scene coordinates (vertices and cameras) stay within +-MAX_COORDINATE metres (render.loader refuses
 # the rest). The path tracer's float32 ray-triangle test keeps the barycentrics scaled by the
-# determinant (t * det grows as size**3), which overflows for triangles larger than ~7e12; within
-# 1e12 no hit lies farther than 3.5e12, which bounds its unbounded segments (pt_kernels.FAR).
+# determinant (t * det grows as size**3), which overflows for triangles larger than ~7e12.
 MAX_COORDINATE = 1e12
+# Where the path tracer ends an unbounded segment (and the largest far plane it uses): beyond every
+# hit, since within +-MAX_COORDINATE none lies farther than 3.5e12. A triangle's |det| (|d| |e1| |e2|)
+# then stays below 1.2e25 and its test t < FAR |det| finite in float32 (a 1e30 end overflowed it to
+# inf for triangles larger than ~2e4 m, a comparison the fast-math kernels assume never meets inf).
+FAR = 10.0 * MAX_COORDINATE
+
 
 @dataclass(frozen=True)
 class Checker:
