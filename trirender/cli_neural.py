@@ -8,6 +8,7 @@ Under torchrun, run the console script itself:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,10 +45,9 @@ def _contexts(text: str) -> tuple[int, ...]:
     return ks
 
 
-def _images(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in ("raster", "path"):
-        raise typer.BadParameter(f"{value!r} is not one of 'raster', 'path'", param_hint="'--images'")
-    return value
+class ImageKind(str, Enum):  # a dataset's images: rasterized or path-traced (neural.data.IMAGE_KINDS)
+    raster = "raster"
+    path = "path"
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
         val: Optional[Path] = typer.Option(None, help="Held-out dataset for the validation batch (default: a fixed batch "
                                                       "of DATA's training scenes, so val_psnr measures fit)."),
-        images: Optional[str] = typer.Option(None, help="raster or path: which images of DATA to train on (a --renderer "
+        images: Optional[ImageKind] = typer.Option(None, help="raster or path: which images of DATA to train on (a --renderer "
                                                          "both dataset holds both; default: DATA's own images, "
                                                          "resuming: the run's)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
                                          "is used)")
             rt = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile_, num_workers=workers,
                          progress=progress, threads=threads, time_limit_s=minutes * 60.0)
-            s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val, images=_images(images))
+            s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val, images=images.value if images else None)
         import os
 
         if int(os.environ.get("RANK", "0")) == 0:
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         scenes: Optional[int] = typer.Option(None, min=1, help="Use only the first N scenes."),
         seed: int = typer.Option(0, min=0, help="Seed of the query/context choice and the samples."),
         device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
-        images: Optional[str] = typer.Option(None, help="raster or path: which images of --data to score against "
+        images: Optional[ImageKind] = typer.Option(None, help="raster or path: which images of --data to score against "
                                                          "(default: what the run trained on)."),
     ):
         """PSNR/SSIM of the model vs nearest-view and mean-image baselines, per context size."""
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
             from render.image_io import write_json_atomic
 
             report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device,
-                              images=_images(images))
+                              images=images.value if images else None)
         used = report[f"context_{ks[0]}"]["scenes"]
         if report["meta"]["held_out_note"]:
             print(f"note: {report['meta']['held_out_note']}")
