@@ -56,6 +56,21 @@ class SceneViews:
         if verify:
             self._open(verify=True)
 
+    @classmethod
+    def of_kind(cls, root: str | Path, kind: str | None, verify: bool = True) -> "SceneViews":
+        """A dataset's ``kind`` of images: ``raster``, ``path`` (path-traced) or None (its own
+        ``images``), as images_key picks them; ShardError names the folder when it holds no such images.
+        verify=False defers the checksums to verify()."""
+        views = cls(root, verify=False)
+        views.images_key = images_key(views.manifest, kind, root)
+        return views.verify() if verify else views
+
+    def verify(self) -> "SceneViews":
+        """Check every shard's checksum (ShardError names a corrupt one); returns self."""
+        self._shards = None
+        self._open(verify=True)
+        return self
+
     def _open(self, verify: bool = False):
         if self._shards is None:
             self._shards = {i: open_shard(self.root, i, d, verify=verify) for i, d in sorted(self._digests.items())}

@@ -38,7 +38,7 @@ import torch
 
 from render.shards import ShardError
 
-from .data import SceneViews, dataset_identity, images_key, images_kind, same_scenes
+from .data import SceneViews, dataset_identity, images_kind, same_scenes
 from .model import GQN, sigma_at
 from .train import build_model, check_image_size, read_run_info, resolve_device
 
@@ -108,15 +108,15 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
     mean_img = np.load(mean_path).astype(np.float32)                        # (H, W, 3)
     run_info = read_run_info(run_dir)
     kind = images if images is not None else run_info.get("images")
-    manifest = SceneViews(data, verify=False).manifest
     try:
-        key = images_key(manifest, kind, data)
+        views = SceneViews.of_kind(data, kind, verify=False)
     except ShardError as exc:
         if images is None:  # the run's kind, not asked for: say where it came from and how to choose
             raise ShardError(f"{exc} (the run trained on {kind} images, {Path(run_dir) / 'run.json'}; pass --images "
                              f"{'raster' if kind == 'path' else 'path'} to score against the other kind)") from None
         raise
-    views = SceneViews(data, images=key)
+    views.verify()
+    manifest = views.manifest
     n = views.num_scenes if max_scenes is None else min(max_scenes, views.num_scenes)
     is_held_out, note = held_out(run_info, data, manifest, n)
     scenes = np.arange(n)
@@ -173,7 +173,7 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
         }
     report["meta"] = {"run": str(run_dir), "data": str(data), "step": step, "samples": samples, "seed": seed,
                       "sigma": sigma, "contexts": list(contexts), "held_out": is_held_out, "held_out_note": note,
-                      "images": images_kind(manifest, key),
+                      "images": images_kind(manifest, views.images_key),
                       "psnr": "dB on 8-bit sRGB / 255, mean over queries",
                       "ssim": "render.metrics.ssim (Gaussian window 11, sigma 1.5; = skimage gaussian_weights=True, sigma=1.5, use_sample_covariance=False), mean over queries",
                       "elbo": "nats per query image, lower bound on log p(x_q | context); higher is better"}

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from render.image_io import atomic_path, write_json_atomic
 
-from .data import (GQNBatches, SceneViews, dataset_identity, identity_diff, images_key, images_kind, make_loader,
+from .data import (GQNBatches, SceneViews, dataset_identity, identity_diff, images_kind, make_loader,
                    same_scenes, to_model)
 from .model import GQN, PRESETS, GQNConfig, lr_at, sigma_at
 
@@ -375,8 +375,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     # --- the data, checked before anything is written ---
     for folder in (data, val_data) if val_data else (data,):
         check_image_size(folder, cfg, TrainingError)  # not at the first validation
-    key = images_key(SceneViews(data, verify=False).manifest, images, data)
-    views = SceneViews(data, verify=True, images=key)  # the checksums, once
+    views = SceneViews.of_kind(data, images)  # the checksums, once
+    key = views.images_key
     identity = dataset_identity(views.manifest)
     old = before.get("dataset")
     if old and old != identity:
@@ -386,8 +386,8 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     steps_per_epoch(views, cfg, world)
     val_key, val_identity = key, identity
     if val_data:
-        val_key = images_key(SceneViews(val_data, verify=False).manifest, images_kind(views.manifest, key), val_data)
-        val_identity = dataset_identity(SceneViews(val_data, verify=True, images=val_key).manifest)
+        val_views = SceneViews.of_kind(val_data, images_kind(views.manifest, key))
+        val_key, val_identity = val_views.images_key, dataset_identity(val_views.manifest)
     val_held_out = bool(val_data) and same_scenes(identity, val_identity) is False
     if main and val_data and not val_held_out:
         print(f"note: --val {val_data} has the family and seed of {data}, so its scenes are training scenes: "

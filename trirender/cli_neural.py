@@ -193,13 +193,12 @@ def register(app: typer.Typer) -> None:
                         if trained_on == "path" else None)
                 ctx, vps = novel.context_from_scene(s, context, size, seed, raster_options, path=path)
             else:
-                from neural.data import SceneViews, images_key
+                from neural.data import SceneViews
                 from render import scene_from_dict
                 from render.shards import read_scene_records
 
                 # the context views from the images the run trained on (a 'both' dataset holds two kinds)
-                key = images_key(SceneViews(data, verify=False).manifest, trained_on, data)
-                views = SceneViews(data, images=key)
+                views = SceneViews.of_kind(data, trained_on)
                 if not 0 <= index < views.num_scenes:
                     raise typer.BadParameter(f"--index {index}; {data} has scenes 0..{views.num_scenes - 1}")
                 if context > views.views:
