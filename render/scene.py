@@ -11,6 +11,7 @@ shading are both exact (a flat triangle's three corner normals equal its face no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,6 +234,15 @@ class Scene:
             "power": np.asarray([x.intensity if x.type == "point" else x.irradiance for x in ls],
                                 np.float32).reshape(-1, 3),
         }
+
+    def files(self) -> list[str]:
+        """The files this scene was read from, as absolute paths: its own file (when it came from
+        one), then the mesh files, textures and environment map it references."""
+        own = [self.source] if Path(self.source).is_file() else []
+        meshes = [str(o.params["file"]) for o in self.objects if "file" in o.params]
+        textures = [m.texture_file for m in self.materials if m.texture_file]
+        env = [self.environment.file] if self.environment.file else []
+        return list(dict.fromkeys(str(Path(f).resolve()) for f in own + meshes + textures + env))
 
     def summary(self) -> dict[str, Any]:
         """Counts, bounds, materials, lights and cameras as plain Python values."""

@@ -164,6 +164,33 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         assert "Invalid value" in text or "Missing" in text, res.stderr
 
 
+def test_outputs_never_overwrite_a_file_the_scene_reads(tmp_path):
+    # the scene's own TOML, its texture, its environment map and a mesh it loads (and, for compare
+    # --neural, the run's files) are inputs: an output naming one is refused and the file is kept
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "tex.png", np.full((4, 4, 3), 128, np.uint8))
+    write_exr(tmp_path / "sky.exr", np.ones((4, 8, 3), np.float32))
+    trimesh.creation.box().export(tmp_path / "box.ply")
+    (tmp_path / "s.toml").write_text(
+        '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\nwidth = 8\nheight = 8\n'
+        '[materials.t]\ntype = "diffuse"\ntexture = "tex.png"\n[environment]\nfile = "sky.exr"\n'
+        '[[objects]]\nshape = "mesh"\nfile = "box.ply"\nmaterial = "t"\n')
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for args in (("render", "s.toml", "--stats", "s.toml"), ("render", "s.toml", "--out", "tex.png"),
+                 ("render", "s.toml", "--renderer", "path", "--out", "sky.exr"),
+                 ("render", "s.toml", "--out", "x.png", "--stats", "box.ply"),
+                 ("compare", "s.toml", "--json", "s.toml"), ("convergence", "s.toml", "--json", "sky.exr"),
+                 ("compare", "s.toml", "--neural", "run", "--json", "run/config.json")):
+        res = run(*args, cwd=tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert f"{args[-1]} is also" in " ".join(res.stderr.split()), (args, res.stderr)
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):
     # stdout is ours alone (Taichi's banner and arch line go to stderr): scripts parse the one line
     res = run("render", "cornell_box", "--renderer", "path", "--spp", "2", "--width", "16", "--height", "16",

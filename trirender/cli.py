@@ -65,19 +65,17 @@ def check_out(path: Optional[Path], option: str, suffixes: tuple[str, ...] = (),
 
 def check_outputs(*outputs: tuple, inputs: tuple = ()) -> None:
     """``check_out`` for each (path, option[, suffixes]) of one command, then refuse two of them
-    naming the same file (the second write would replace the first), or one naming an input
-    (path, option) of the command (it would be overwritten)."""
-    seen: dict[Path, str] = {path.absolute().resolve(): f"{option}'s input" for path, option in inputs
-                             if path is not None}
+    naming the same file (the second write would replace the first), or one naming an input of the
+    command (it would be overwritten); inputs are (path, what it is), e.g. ``--reference's input``."""
+    seen: dict[Path, str] = {Path(path).absolute().resolve(): what for path, what in inputs if path is not None}
     for path, option, *suffixes in outputs:
         check_out(path, option, *suffixes)
         if path is None:
             continue
         key = path.absolute().resolve()
         if key in seen:
-            what = seen[key] if seen[key].endswith("input") else f"{seen[key]}'s file"
-            raise typer.BadParameter(f"{path} is also {what}; expected another file name", param_hint=option)
-        seen[key] = option
+            raise typer.BadParameter(f"{path} is also {seen[key]}; expected another file name", param_hint=option)
+        seen[key] = f"{option}'s file"
 
 
 Seed = typer.Option(0, min=0, help="Random seed (path tracer noise; built-in procedural scenes).")
@@ -90,10 +88,14 @@ Width = typer.Option(None, min=1, max=MAX_SIDE, help="Override the camera's imag
 Height = typer.Option(None, min=1, max=MAX_SIDE, help="Override the camera's image height.")
 
 
-def _load(spec: str, seed: int = 0):
+def _load(spec: str, seed: int = 0, outputs: tuple = ()):
+    """The scene ``spec`` (a file or a built-in family); outputs (as check_outputs takes them) are
+    refused when they name a file the scene reads: its own file, a mesh, a texture, an environment map."""
     from render import FAMILIES, load_scene
 
-    return load_scene(spec, seed=seed) if spec in FAMILIES else load_scene(spec)
+    s = load_scene(spec, seed=seed) if spec in FAMILIES else load_scene(spec)
+    check_outputs(*outputs, inputs=tuple((f, "a file the scene reads") for f in s.files()))
+    return s
 
 
 # --- scene ----------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/g
     from render import load_scene, save_scene
     from render.loader import MESH_SUFFIXES, mesh_scene_description, scene_from_dict
 
-    check_outputs((out_path, "--out", (".toml",)), inputs=((src, "SRC"),))
+    check_outputs((out_path, "--out", (".toml",)), inputs=((src, "SRC's input"),))
     if src.suffix.lower() in MESH_SUFFIXES:
         s = scene_from_dict(mesh_scene_description(src, width, height), source=str(src), base_dir=src.parent)
     else:
@@ -190,7 +192,8 @@ def render_cmd(
     aov_outs = [(aov_path(out_path, a), f"--aov {a}") for a in aovs]
     if "id" in aovs:  # ids above 65534 go to .id.npy instead of .id.png
         aov_outs.append((aov_path(out_path, "id", wide_ids=True), "--aov id"))
-    check_outputs((out_path, "--out", (".png", ".exr")), (stats, "--stats"), *aov_outs)
+    outputs = ((out_path, "--out", (".png", ".exr")), (stats, "--stats"), *aov_outs)
+    check_outputs(*outputs)
     other = {Renderer.raster: ("spp", "max_depth", "backend", "time_budget"), Renderer.path: ("ssaa", "shadows")}
     given = [f"--{_option_name(ctx, p)}" for p in other[renderer]
              if getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"]
@@ -198,7 +201,7 @@ def render_cmd(
         err.print(f"note: {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the "
                   f"{renderer.value} renderer; ignored")
     t0 = time.perf_counter()
-    s = _load(scene, seed)
+    s = _load(scene, seed, outputs)
     cam = _camera_for(s, width, height, camera_index)
     load_seconds = time.perf_counter() - t0
     if renderer is Renderer.raster:
@@ -305,8 +308,10 @@ def compare_cmd(
     from render.metrics import compare_picture, footer_text
 
     _check_ssaa(ssaa)
-    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"), inputs=((reference, "--reference"),))
-    s = _load(scene, seed)
+    outputs = ((out_path, "--out", (".png",)), (json_out, "--json"))
+    run_files = tuple((f, "--neural's input") for f in neural.iterdir() if f.is_file()) if neural and neural.is_dir() else ()
+    check_outputs(*outputs, inputs=((reference, "--reference's input"), *run_files))
+    s = _load(scene, seed, outputs)
     model = None
     if neural is not None:
         if not (neural / "config.json").is_file():
@@ -391,8 +396,9 @@ def convergence_cmd(
         raise typer.BadParameter(f"{max_spp}: our own reference would take 16 x {max_spp} spp, above the path "
                                  f"tracer's {MAX_SPP}; expected at most {MAX_SPP // 16}, or pass --reference",
                                  param_hint="--max-spp")
-    check_outputs((out_path, "--out", (".png",)), (json_out, "--json"), inputs=((reference, "--reference"),))
-    s = _load(scene, seed)
+    outputs = ((out_path, "--out", (".png",)), (json_out, "--json"))
+    check_outputs(*outputs, inputs=((reference, "--reference's input"),))
+    s = _load(scene, seed, outputs)
     cam = _camera_for(s, width, height, camera_index)
     ref = _reference(reference, cam)
     ref_note = reference.name if reference else ""
