@@ -20,7 +20,7 @@ from . import schema
 from .camera import Camera
 from .errors import SceneError, field_path
 from .scene import MAX_COORDINATE, Checker, Environment, Light, Material, Scene, SceneObject
-from .shapes import SHAPES, apply_transform, freeze_params
+from .shapes import SHAPES, apply_transform, freeze_params, import_trimesh
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -209,7 +209,7 @@ def _soup_from_trimesh(mesh, transform: np.ndarray | None = None):
 def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None) -> list[tuple[str, tuple, Any]]:
     """Read a mesh or scene file -> [(node name, soup, trimesh geometry)], world transforms of a
     scene file's node graph applied."""
-    import trimesh
+    trimesh = import_trimesh()
 
     try:
         loaded = trimesh.load(str(path), process=False)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
+import sys
+import threading
 
 import numpy as np
 
@@ -64,12 +67,34 @@ def _sphere_uv(d: np.ndarray) -> np.ndarray:
     return np.stack([u, v], 1)
 
 
+def import_trimesh():
+    """The trimesh module, imported with Ctrl-C held back until the import ends. trimesh guards
+    its optional imports (scipy, networkx, ...) with ``except BaseException``, so a
+    KeyboardInterrupt arriving during them would be swallowed and the command would run on as if
+    never interrupted; a held Ctrl-C is delivered once the import is done. (Imported lazily:
+    trimesh and scipy cost ~1 s and most scenes need neither.)"""
+    if "trimesh" in sys.modules or threading.current_thread() is not threading.main_thread():
+        import trimesh
+
+        return trimesh
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        import trimesh
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        if callable(previous):
+            previous(signal.SIGINT, held[0])
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+    return trimesh
+
+
 def make_sphere(radius=1.0, subdivisions=3, smooth=True) -> Soup:
     """Icosphere (trimesh's subdivided icosahedron) of the given radius. ``subdivisions=0,
     smooth=false`` is an icosahedron with flat faces."""
-    import trimesh  # lazily: importing trimesh (and scipy) costs ~1 s and most scenes need no sphere
-
-    ico = trimesh.creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
+    ico = import_trimesh().creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
     v = np.asarray(ico.vertices, np.float64)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     p, n, uv = soup(v * radius, v, _sphere_uv(v), ico.faces)

@@ -347,3 +347,27 @@ def test_render_does_not_import_torch_or_start_taichi():
             "print(sorted(m for m in ('torch', 'taichi', 'neural') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_ctrl_c_during_trimesh_import_is_not_swallowed():
+    # trimesh guards its optional imports with `except BaseException`: a Ctrl-C arriving inside one
+    # (networkx here, sent from an import hook so that it lands there every time) must still stop
+    # the program once trimesh is loaded, instead of vanishing as it did
+    code = (
+        "import os, signal, sys\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'networkx':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "from render.shapes import make_sphere\n"
+        "try:\n"
+        "    make_sphere()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+        "    sys.exit(0)\n"
+        "print('swallowed')\n")
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout.strip()) == (0, "interrupted"), res.stdout + res.stderr
