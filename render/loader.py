@@ -38,6 +38,19 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _fixed_length(model: type[pydantic.BaseModel], key: Any) -> int | None:
+    """n when ``model``'s field ``key`` is a list of exactly n values (a colour, a 3-vector), else None."""
+    import typing
+
+    field = model.model_fields.get(key) if isinstance(key, str) else None
+    meta = list(field.metadata) if field else []
+    for arg in typing.get_args(field.annotation) if field else ():  # an optional one: Annotated[list, Field] | None
+        meta += [m for info in getattr(arg, "__metadata__", ()) for m in getattr(info, "metadata", ())]
+    lo = next((m.min_length for m in meta if getattr(m, "min_length", None) is not None), None)
+    hi = next((m.max_length for m in meta if getattr(m, "max_length", None) is not None), None)
+    return lo if lo is not None and lo == hi else None
+
+
 def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.BaseModel]:
     """The model of the table at ``loc`` inside ``model`` (a nested table such as a checker), for
     naming the keys it allows; ``model`` itself where the path leads to no nested model."""
@@ -84,6 +97,9 @@ def _validate(model: type[pydantic.BaseModel], data: Any, source: str, prefix: t
             problem = f"expected {bound} values, got {ctx.get('actual_length')} ({_short(err.get('input'))})"
         elif kind == "literal_error":
             problem = err["msg"].replace("Input should be", "expected")
+        elif kind == "list_type" and (n := _fixed_length(_model_at(model, err["loc"][:-1]), err["loc"][-1])):
+            # a single number where a colour or vector goes: say how many and show one
+            problem = f"expected a list of {n} numbers, e.g. [{', '.join(['0.5'] * n)}] (got {_short(err.get('input'))})"
         else:
             problem = f"{err['msg'].replace('Input should be', 'expected')} (got {_short(err.get('input'))})"
         more = exc.error_count() - 1
@@ -108,7 +124,7 @@ def _resolve(base_dir: Path, name: str, source: str, loc: tuple, what: str) -> P
     if not path.is_absolute():
         path = base_dir / path
     if not path.is_file():
-        raise SceneError(source, field_path(loc), f"{what} file not found: {path}")
+        raise SceneError(source, field_path(loc), f"{what} file not found: {path.absolute()}")
     return path.resolve()
 
 

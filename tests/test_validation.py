@@ -4,6 +4,7 @@ expected -- never a crash and never a half-built scene (DESIGN.md, "The scene").
 import copy
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,9 +87,11 @@ def test_unknown_material(mesh_dir):
     refuse(d, mesh_dir, "objects[2].material", "'wite'", "white, lamp")
 
 
-def test_missing_mesh_file(mesh_dir):
+def test_missing_mesh_file(mesh_dir, monkeypatch):
     d = minimal_description("meshes/bunny.ply")
     refuse(d, mesh_dir, "objects[2].file", "not found", "bunny.ply")
+    monkeypatch.chdir(mesh_dir)  # a scene given by a relative path: the message shows where it looked
+    refuse(d, Path("."), "objects[2].file", f"not found: {mesh_dir.resolve() / 'meshes' / 'bunny.ply'}")
 
 
 @pytest.mark.parametrize("name,words", [("nan.ply", ("vertex 3", "not finite")), ("empty.ply", ("no triangles",)),
@@ -195,6 +198,15 @@ def test_wrong_vector_length_says_how_many(mesh_dir):
     refuse(d, mesh_dir, "camera.position", "expected at least 3 values, got 2")
     d["camera"]["position"] = [0.0, 3.9, 1.0, 2.0]
     refuse(d, mesh_dir, "camera.position", "expected at most 3 values, got 4")
+    # one number where three go (a grey, a uniform offset): say how many, with an example
+    for where in (("camera", "position"), ("materials", "white", "albedo"), ("environment", "radiance")):
+        d = minimal_description()
+        d.setdefault("environment", {})
+        table = d
+        for k in where[:-1]:
+            table = table[k]
+        table[where[-1]] = 0.5
+        refuse(d, mesh_dir, ".".join(where), "expected a list of 3 numbers, e.g. [0.5, 0.5, 0.5] (got 0.5)")
 
 
 # --- property-based: mutate valid scenes --------------------------------------------------------
