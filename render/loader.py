@@ -150,7 +150,9 @@ def _texture(path: Path, source: str, loc: tuple, hi: float | None = 1.0) -> np.
     try:
         img = read_image(path)
     except Exception as exc:  # unreadable or unknown format
-        raise SceneError(source, field_path(loc), f"cannot read image {path}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # imageio's advice runs on for lines
+        raise SceneError(source, field_path(loc), f"cannot read image {path} ({first}); expected a PNG, JPEG or "
+                         "EXR image") from None
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.size == 0 or not np.isfinite(img).all():
@@ -230,7 +232,9 @@ def _read_mesh_file(path: Path, source: str, loc: tuple, node: str | None = None
     try:
         loaded = trimesh.load(str(path), process=False)
     except Exception as exc:
-        raise SceneError(source, field_path(loc), f"cannot read mesh {path}: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise SceneError(source, field_path(loc), f"cannot read mesh {path}: not a valid {path.suffix or 'mesh'} file "
+                         f"(trimesh: {type(exc).__name__}{': ' + first if first else ''})") from None
     parts = []
     if isinstance(loaded, trimesh.Scene):
         for name in loaded.graph.nodes_geometry:

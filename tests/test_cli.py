@@ -134,6 +134,8 @@ def test_scene_convert_glb(tmp_path):
     (("convergence", "cornell_box", "--max-spp", "200000000"), "expected at most 134217727, or pass --reference"),
     (("train", ".", "--out", "run", "--device", "gpu"), "device 'gpu'; expected auto, cpu, cuda or cuda:N"),
     (("eval", "run", "--data", ".", "--device", "mps"), "device 'mps'; expected"),
+    # an unreadable texture: one line (imageio's own message runs on for four, with install advice)
+    (("scene", "info", "badtex.toml"), "materials.white.texture: cannot read image"),
     # messages keep their brackets (no console markup), whatever the file is called
     (("scene", "info", "[x]/empty.toml"), "[x]/empty.toml: materials: expected a table of named materials, "
                                           "e.g. [materials.white]"),
@@ -143,6 +145,10 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n'
         '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "wite"\n')
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "badtex.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "badtex.toml").write_text(
+        '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n'
+        '[materials.white]\ntype = "diffuse"\ntexture = "badtex.png"\n[[objects]]\nshape = "sphere"\nmaterial = "white"\n')
     (tmp_path / "[x]").mkdir()
     (tmp_path / "d.depth.exr").mkdir()
     (tmp_path / "badrun").mkdir()
@@ -162,6 +168,18 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     else:  # the parser's: usage, a hint, the error in a box of a few lines
         assert "Invalid value" in text or "Missing" in text, res.stderr
+
+
+def test_a_warning_is_one_line(tmp_path):
+    # a dropped degenerate triangle is worth a word, not Python's warning format with a source line
+    trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], faces=[[0, 1, 2], [3, 3, 3]],
+                    process=False).export(tmp_path / "d.ply")
+    (tmp_path / "d.toml").write_text(
+        '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n[materials.white]\ntype = "diffuse"\n'
+        '[[objects]]\nshape = "mesh"\nfile = "d.ply"\nmaterial = "white"\n')
+    res = run("scene", "info", "d.toml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines() == ["warning: d.toml: objects[0]: dropped 1 degenerate triangle(s)"], res.stderr
 
 
 def test_outputs_never_overwrite_a_file_the_scene_reads(tmp_path):

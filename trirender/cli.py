@@ -537,6 +537,12 @@ def main(argv: list[str] | None = None) -> None:
     from render.errors import RenderError, SceneError
     from render.shards import ShardError
 
+    import warnings
+
+    # our warnings (degenerate triangles dropped, an empty frame) as one line each, without the
+    # source line Python's default format prints under them
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.print(
+        Text(f"warning: {message}"))
     try:
         rc = app(args=argv, prog_name="trirender", standalone_mode=False)
         if isinstance(rc, int) and rc:  # a typer.Exit(code) inside a command
