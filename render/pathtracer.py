@@ -17,7 +17,9 @@ import contextlib
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -368,6 +370,29 @@ def _device_arrays(packed: dict, backend: str) -> dict:
 
 
 # --- the entry point -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stop_on_ctrl_c(enabled: bool):
+    """A list that a Ctrl-C appends to while the block runs (enabled, in the main thread): the pass
+    loop stops after the pass in hand instead of losing it. A second Ctrl-C raises KeyboardInterrupt
+    as usual."""
+    stop: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        stop.append(signum)
+        if len(stop) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _pass_schedule(spp: int):
     """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp.
     A generator: a huge spp under a time budget must not build its whole list first."""
@@ -383,7 +408,7 @@ def _pass_schedule(spp: int):
 
 def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth: int = 8, seed: int = 0,
               backend: str = "auto", time_budget: float | None = None, progress: bool = False,
-              strategy: str = "mis") -> Frame:
+              strategy: str = "mis", interruptible: bool = False) -> Frame:
     """Render ``scene`` through ``camera`` (default: ``scene.camera``) by path tracing.
 
     spp: samples per pixel (box filter: each sample is uniform over its pixel).
@@ -398,6 +423,9 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
         inside it (at least one pass runs), and ``meta["spp"]`` says how many samples were taken.
     progress: show a tqdm bar over samples.
     strategy: "mis" (default); "nee" or "bsdf" use one light-transport strategy alone (for tests).
+    interruptible: Ctrl-C ends the render at the end of the pass in hand (at least one pass runs),
+        as a time budget would, with ``meta["interrupted"]`` True; a second Ctrl-C raises
+        KeyboardInterrupt as usual. For the command line, which writes what was rendered.
 
     Returns a Frame: rgb (H, W, 3) float32 linear radiance, AOVs from the first hit through each
     pixel centre, and ``meta`` with renderer, settings, backend, device, paths_per_second,
@@ -405,11 +433,13 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     """
     camera = scene.camera if camera is None else camera
     return pathtrace_views(scene, [camera], spp=spp, max_depth=max_depth, seeds=[seed], backend=backend,
-                           time_budget=time_budget, progress=progress, strategy=strategy)[0]
+                           time_budget=time_budget, progress=progress, strategy=strategy,
+                           interruptible=interruptible)[0]
 
 
 def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seeds=None, backend: str = "auto",
-                    time_budget: float | None = None, progress: bool = False, strategy: str = "mis") -> list[Frame]:
+                    time_budget: float | None = None, progress: bool = False, strategy: str = "mis",
+                    interruptible: bool = False) -> list[Frame]:
     """Render several views of one scene in the same kernel launches (one per pass), for many small
     views (datasets) where one launch per view would leave the threads or the GPU idle.
 
@@ -499,21 +529,24 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     done = 0
     first_pass_seconds = None
     last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
-    for n in _pass_schedule(spp):
-        if time_budget is not None and last is not None:
-            elapsed = time.perf_counter() - t_start
-            if elapsed + last[1] * n / last[0] > time_budget:
+    with _stop_on_ctrl_c(interruptible) as stop:
+        for n in _pass_schedule(spp):
+            if stop and done > 0:  # Ctrl-C: keep the passes done
                 break
-        tp = time.perf_counter()
-        k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params, simd)
-        ti.sync()
-        dt = time.perf_counter() - tp
-        last = (n, dt)
-        if first_pass_seconds is None:
-            first_pass_seconds = time.perf_counter() - t_start
-        done += n
-        if bar is not None:
-            bar.update(n)
+            if time_budget is not None and last is not None:
+                elapsed = time.perf_counter() - t_start
+                if elapsed + last[1] * n / last[0] > time_budget:
+                    break
+            tp = time.perf_counter()
+            k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params, simd)
+            ti.sync()
+            dt = time.perf_counter() - tp
+            last = (n, dt)
+            if first_pass_seconds is None:
+                first_pass_seconds = time.perf_counter() - t_start
+            done += n
+            if bar is not None:
+                bar.update(n)
     if bar is not None:
         bar.close()
     render_seconds = time.perf_counter() - t_r
@@ -526,6 +559,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
         "paths_per_second": V * W * H * done / max(render_seconds, 1e-9),
         "compile_seconds": compile_seconds, "render_seconds": render_seconds,
         "first_pass_seconds": first_pass_seconds, "total_seconds": time.perf_counter() - t_start,
+        "interrupted": bool(stop) and done < spp,
         "bvh_seconds": packed["bvh_seconds"], "bvh_nodes": packed["bvh_nodes"], "bvh_depth": packed["bvh_depth"],
         "triangles": scene.num_triangles,
     }

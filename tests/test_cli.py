@@ -9,7 +9,7 @@ import pytest
 import trimesh
 
 from render import load_toml
-from render.image_io import write_exr
+from render.image_io import read_image, write_exr
 
 from helpers import same_arrays
 
@@ -207,6 +207,32 @@ def test_outputs_never_overwrite_a_file_the_scene_reads(tmp_path):
         assert f"{args[-1]} is also" in " ".join(res.stderr.split()), (args, res.stderr)
     assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "x.png").exists()
+
+
+def test_ctrl_c_ends_a_path_render_with_the_passes_done_written(tmp_path):
+    # a long progressive render stopped by Ctrl-C keeps its work (as --time would): the image of the
+    # whole passes done is written, the line says so, and the exit status is 130
+    import signal
+    import time
+
+    log = tmp_path / "err.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "trirender", "render", "cornell_box", "--renderer", "path",
+                                 "--spp", "1000000", "--width", "32", "--height", "32", "--out", "long.exr"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        deadline = time.monotonic() + 300
+        while "/1000000" not in log.read_text() and time.monotonic() < deadline:  # the bar has started
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (stdout, log.read_text())
+    assert "Ctrl-C stopped it at" in stdout and "of 1000000 spp" in stdout, stdout
+    spp = int(stdout.split("Ctrl-C stopped it at ")[1].split()[0])
+    img = read_image(tmp_path / "long.exr")
+    assert 0 < spp < 1000000 and img.shape == (32, 32, 3)
+    # the image is the mean of the samples taken (not their sum, nor diluted by passes not done)
+    assert np.allclose(img.reshape(-1, 3).mean(0), (0.24016, 0.14113, 0.05998), rtol=0.1), img.reshape(-1, 3).mean(0)
 
 
 def test_path_render_prints_one_line_and_writes_its_stats(tmp_path):

@@ -216,7 +216,7 @@ def render_cmd(
         from render import pathtrace
 
         frame = pathtrace(s, cam, spp=spp, max_depth=max_depth, seed=seed, backend=backend.value,
-                          time_budget=time_budget, progress=True)
+                          time_budget=time_budget, progress=True, interruptible=True)
     written = frame.save(out_path, aovs)
     info = {"scene": scene, "renderer": renderer.value, "width": cam.width, "height": cam.height,
             "load_seconds": load_seconds, **frame.meta, "outputs": [str(p) for p in written]}
@@ -224,9 +224,12 @@ def render_cmd(
         write_json_atomic(stats, info)
     timing = ", ".join(f"{k} {info[k]:.3g}s" for k in ("load_seconds", "compile_seconds", "render_seconds") if k in info)
     if renderer is Renderer.path and info["spp"] < info["spp_requested"]:
-        timing += f"; --time {time_budget:g}s stopped it at {info['spp']} of {info['spp_requested']} spp"
+        why = "Ctrl-C" if info["interrupted"] else f"--time {time_budget:g}s"
+        timing += f"; {why} stopped it at {info['spp']} of {info['spp_requested']} spp"
     out.print(f"wrote {', '.join(str(p) for p in written + ([stats] if stats else []))} "
               f"({cam.width}x{cam.height}, {renderer.value}; {timing})")
+    if info.get("interrupted"):
+        raise typer.Exit(130)
 
 
 # --- compare --------------------------------------------------------------------------------------
