@@ -430,9 +430,12 @@ def verify(out: str | Path) -> list[str]:
     m = read_manifest(out)
     problems = []
     for j in range(m["num_shards"]):
+        listed = str(j) in m.get("shards", {})
         problem = verify_shard(out, j, m.get("shards", {}).get(str(j)))
-        if str(j) not in m.get("shards", {}) and problem is None:
-            problem = f"{out / shard_name(j)}: not in manifest.json (resume the run or merge its parts)"
+        if not listed and problem is None:  # written by a run stopped before it updated the manifest
+            problem = f"{out / shard_name(j)}: whole, but not in manifest.json yet"
+        elif not listed and problem == f"{out / shard_name(j)}: missing":
+            problem = f"{out / shard_name(j)}: not made yet"
         if problem:
             problems.append(problem)
     return problems

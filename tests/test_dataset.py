@@ -177,6 +177,23 @@ def test_corrupt_shard_is_named(reference, tmp_path):
     assert res.returncode == 1 and "shard-00001" in res.stderr and "shard-00002" in res.stderr
 
 
+def test_verify_tells_an_unfinished_dataset_from_a_corrupt_one(reference, tmp_path):
+    # an interrupted run: shards its workers finished after the last manifest update, and shards not
+    # made yet, are 'unfinished' with a hint to resume; they are not called bad
+    part = tmp_path / "part"
+    shutil.copytree(reference, part)
+    m = json.loads((part / "manifest.json").read_text())
+    total = m["num_shards"]
+    del m["shards"]["1"], m["shards"]["2"]
+    (part / "manifest.json").write_text(json.dumps(m))
+    shutil.rmtree(part / "shard-00002")
+    problems = verify(part)
+    assert problems == [f"{part}/shard-00001: whole, but not in manifest.json yet", f"{part}/shard-00002: not made yet"]
+    res = subprocess.run([sys.executable, "-m", "trirender", "dataset", "verify", str(part)], capture_output=True, text=True)
+    assert res.returncode == 1 and "bad:" not in res.stderr, res.stderr
+    assert f"incomplete: manifest.json lists {total - 2} of {total} shards; run the same" in " ".join(res.stderr.split())
+
+
 def test_loader_shapes_dtypes_and_viewpoints(reference):
     import torch
 

@@ -481,10 +481,22 @@ def dataset_generate(
 def dataset_verify(data: Path = typer.Argument(..., help="Dataset folder.")):
     """Recompute every shard's checksums and name any bad or missing shard."""
     from render.dataset import verify
+    from render.shards import read_manifest
 
     problems = verify(data)
+    unfinished = [p for p in problems if p.endswith((": not made yet", ": whole, but not in manifest.json yet"))]
     for p in problems:
-        err.print(f"bad: {p}")
+        if p not in unfinished:
+            err.print(f"bad: {p}")
+    if len(unfinished) > 6:  # an interrupted run: name a few, count the rest
+        unfinished = unfinished[:3] + [f"... and {len(unfinished) - 3} more shards not listed"]
+    for p in unfinished:
+        err.print(f"unfinished: {p}")
+    m = read_manifest(data)
+    listed, total = len(m.get("shards", {})), m["num_shards"]
+    if listed < total:
+        err.print(f"incomplete: manifest.json lists {listed} of {total} shards; run the same `trirender dataset "
+                  "generate` command again to finish (after a distributed run, `trirender dataset merge`)")
     if problems:
         raise typer.Exit(1)
     out.print(f"{data}: all shards verified")
