@@ -107,6 +107,7 @@ def test_scene_convert_glb(tmp_path):
     (("compare", "cornell_box", "--context", "0"), "--context"),
     (("dataset", "show", ".", "--scenes", "0"), "--scenes"),
     (("dataset", "generate", "rooms_ring", "--workers", "-1", "--out", "d"), "--workers"),
+    (("dataset", "generate", "rooms_ring", "--renderer", "gpu", "--out", "d"), "'gpu' is not one of 'raster', 'path', 'both'"),
     (("train", ".", "--out", "run", "--steps", "0"), "--steps"),
     (("train", ".", "--out", "run", "--minutes", "-1"), "--minutes"),
     (("eval", "run", "--data", ".", "--scenes", "0"), "--scenes"),

@@ -118,11 +118,12 @@ def test_compare_with_a_neural_column(tmp_path):
     res = run("train", str(data), "--preset", "tiny", "--steps", "1", "--batch", "2", "--device", "cpu",
               "--no-progress", "--out", str(runs))
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run("compare", "rooms_ring", "--neural", str(runs), "--spp", "2", "--ssaa", "1",
+    res = run("compare", "rooms_ring", "--neural", str(runs), "--spp", "2", "--ssaa", "1", "--width", "128",
               "--out", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((tmp_path / "c.json").read_text())
-    assert data["width"] == data["height"] == 64  # the model's image size
+    assert data["width"] == data["height"] == 64  # the model's image size, said to override --width
+    assert "note: --width/--height ignored: with --neural every image is at the model's size, 64x64" in res.stderr
     assert 0 < data["neural"]["psnr"] < 60 and data["neural"]["context"] == 3
     import imageio.v3 as iio
 

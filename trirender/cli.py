@@ -34,6 +34,12 @@ class Renderer(str, Enum):
     path = "path"
 
 
+class DatasetRenderer(str, Enum):
+    raster = "raster"
+    path = "path"
+    both = "both"
+
+
 class Backend(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -326,6 +332,9 @@ def compare_cmd(
 
         with _errors():  # an unreadable checkpoint or config: one line naming the file
             model, ncfg = load_run(neural)
+        if width is not None or height is not None:
+            err.print(f"note: --width/--height ignored: with --neural every image is at the model's size, "
+                      f"{ncfg.image_size}x{ncfg.image_size}")
         width = height = ncfg.image_size
     cam = _camera_for(s, width, height, camera_index)
     ref = _reference(reference, cam)
@@ -443,7 +452,8 @@ def dataset_generate(
     scenes: int = typer.Option(1000, help="Number of scenes N."),
     views: int = typer.Option(10, help="Views per scene V."),
     size: int = typer.Option(64, help="Image width and height in pixels."),
-    renderer: str = typer.Option("raster", help="raster, path, or both (stores both images of every view)."),
+    renderer: DatasetRenderer = typer.Option(DatasetRenderer.raster, help="raster, path, or both (stores both images "
+                                             "of every view)."),
     spp: int = typer.Option(64, min=1, help="Path tracer samples per pixel."),
     max_depth: int = typer.Option(8, min=-1, help="Path tracer path segments."),
     ssaa: int = typer.Option(1, help="Rasterizer supersampling per axis (1, 2, 4)."),
@@ -460,7 +470,7 @@ def dataset_generate(
     from render.dataset import DatasetConfig, generate
 
     check_out(out_dir, "--out", folder=True)
-    cfg = DatasetConfig(family, scenes, views, size, renderer, spp, max_depth, ssaa, seed, shard_size)
+    cfg = DatasetConfig(family, scenes, views, size, renderer.value, spp, max_depth, ssaa, seed, shard_size)
     try:
         m = generate(cfg, out_dir, workers=workers, shard_index=shard_index, num_shards=num_shards)
     except KeyboardInterrupt:
