@@ -88,11 +88,12 @@ def held_out(run_info: dict[str, Any], data: str | Path, manifest: dict[str, Any
 
 def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = (1, 3, 5), samples: int = 4,
              batch: int = 16, max_scenes: int | None = None, seed: int = 0, device: str = "cpu",
-             model: GQN | None = None, images: str | None = None) -> dict[str, Any]:
+             model: GQN | None = None, images: str | None = None, progress: bool = False) -> dict[str, Any]:
     """The evaluation report (see the module docstring) as a JSON-ready dict: one object per context
     size, keyed ``context_K``, and ``meta`` (run, data, step, samples, seed, scenes, held_out, images,
     definitions). images: ``raster`` or ``path``, which of the dataset's images to score against
-    (None: what the run trained on, from its run.json)."""
+    (None: what the run trained on, from its run.json). progress: a tqdm bar on stderr, advanced
+    per batch, counting scenes over every context size."""
     run_dir = Path(run_dir)
     if samples < 1:
         raise ValueError(f"samples {samples}; expected >= 1")
@@ -125,7 +126,11 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
     gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)  # the posterior draws of the ELBO
     report: dict[str, Any] = {}
+    from tqdm import tqdm
+
+    bar = tqdm(total=n * len(contexts), disable=not progress, unit="scene", dynamic_ncols=True, desc="eval")
     for k in contexts:
+        bar.set_postfix(context=k)
         acc: dict[str, list[float]] = {key: [] for key in (
             "m_psnr", "m_ssim", "b_psnr", "b_ssim", "s_psnr", "n_psnr", "n_ssim", "a_psnr", "a_ssim", "elbo", "nll", "kl")}
         for lo in range(0, n, batch):
@@ -157,6 +162,7 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
                 acc["a_ssim"].append(ssim_np(mean_img, query[i]))
             acc["nll"] += out["nll_each"].tolist()
             acc["kl"] += out["kl_each"].tolist()
+            bar.update(len(sc))
         m = {key: float(np.mean(v)) for key, v in acc.items() if v}
         gain = np.array(acc["m_psnr"]) - np.array(acc["n_psnr"])          # paired, per query (dB)
         report[f"context_{k}"] = {
@@ -171,6 +177,7 @@ def evaluate(run_dir: str | Path, data: str | Path, contexts: tuple[int, ...] = 
             "elbo_nats": -(m["nll"] + m["kl"]), "nll_nats": m["nll"], "kl_nats": m["kl"],
             "scenes": int(n),
         }
+    bar.close()
     report["meta"] = {"run": str(run_dir), "data": str(data), "step": step, "samples": samples, "seed": seed,
                       "sigma": sigma, "contexts": list(contexts), "held_out": is_held_out, "held_out_note": note,
                       "images": images_kind(manifest, views.images_key),

@@ -301,6 +301,24 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return d
 
 
+def read_config(run_dir: str | Path) -> GQNConfig:
+    """A run folder's resolved config (config.json); TrainingError naming the file when it is missing
+    (nothing to resume) or not a config."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"{path}: missing; nothing to resume (train without --resume first)")
+    try:
+        return GQNConfig.from_dict(_read_json(path, "resolved config"))
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(f"{path}: {exc}; expected the resolved config written by `trirender train`") from None
+
+
+def config_changes(old: GQNConfig, new: GQNConfig) -> list[str]:
+    """The fields of ``new`` that differ from ``old``, as ``"FIELD OLD -> NEW"`` (empty when equal)."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{k} {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's run.json ({} when there is none)."""
     path = Path(run_dir) / "run.json"
@@ -352,13 +370,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     ckpt_path = out / CHECKPOINT
     before: dict[str, Any] = {}  # the run.json of the run being resumed
     if resume:
-        if not (out / "config.json").is_file():
-            raise TrainingError(f"{out}/config.json: missing; nothing to resume (train without --resume first)")
-        try:
-            cfg = GQNConfig.from_dict(_read_json(out / "config.json", "resolved config"))
-        except (ValueError, TypeError) as exc:
-            raise TrainingError(f"{out}/config.json: {exc}; expected the resolved config written by "
-                                "`trirender train`") from None
+        cfg = read_config(out)
         before = read_run_info(out)
         if images is None:
             images = before.get("images")

@@ -133,6 +133,9 @@ def test_eval_and_novel_verbs(run, tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["context_3"]["scenes"] == 4 and "| 3 |" in res.stdout and "note:" not in res.stdout
+    # a progress bar on stderr (4 scenes x 2 context sizes); stdout is the report alone
+    assert "eval: 100%" in res.stderr and "8/8" in res.stderr, res.stderr
+    assert res.stdout.startswith("| K |") and "%|" not in res.stdout, res.stdout
     assert rep["meta"]["held_out"] is True and rep["meta"]["images"] == "raster"
     # the training data itself: evaluated, with a note that the numbers are not held out
     res = cli("eval", str(run), "--data", str(rooms_dataset(96, views=6, seed=0)), "--context", "1", "--samples", "1",
@@ -140,8 +143,10 @@ def test_eval_and_novel_verbs(run, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "note:" in res.stdout and "2 of the 2 scenes evaluated are training scenes" in res.stdout, res.stdout
     assert "--seed <another>" in res.stdout and json.loads((tmp_path / "t.json").read_text())["meta"]["held_out"] is False
-    res = cli("eval", str(run), "--data", str(test), "--context", "1", "--samples", "1", "--scenes", "1000")
+    res = cli("eval", str(run), "--data", str(test), "--context", "1", "--samples", "1", "--scenes", "1000",
+              "--no-progress")
     assert res.returncode == 0 and "--scenes 1000, but" in res.stdout and "evaluated all 16" in res.stdout, res.stdout
+    assert "eval:" not in res.stderr, res.stderr
     res = cli("novel", str(run), "--data", str(test), "--index", "2", "--context", "3", "--orbit", "4",
               "--samples", "2", "--out", str(tmp_path / "o.gif"), "--strip", str(tmp_path / "o.png"), "--device", "cpu")
     assert res.returncode == 0, res.stderr
@@ -179,6 +184,52 @@ def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert words in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_eval_and_novel_refuse_outputs_over_the_run_s_or_the_dataset_s_files(run, tmp_path):
+    test = rooms_dataset(16, views=6, seed=1)
+    record = (run / "run.json").read_bytes()
+    for args, words in [
+        (("eval", str(run), "--data", str(test), "--json", str(run / "run.json")),
+         "run.json is also a file of the run (RUN)"),
+        (("eval", str(run), "--data", str(test), "--json", str(run / ".." / run.name / "metrics.csv")),
+         "metrics.csv is also a file of the run (RUN)"),
+        (("eval", str(run), "--data", str(test), "--json", str(test / "manifest.json")),
+         "manifest.json is also a file of the --data dataset"),
+        (("novel", str(run), "--data", str(test), "--out", str(tmp_path / "o.gif"), "--strip", str(run / "val.png")),
+         "val.png is also a file of the run (RUN)"),
+    ]:
+        res = cli(*args)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert words in res.stderr and ("--json" in res.stderr or "--strip" in res.stderr), (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert (run / "run.json").read_bytes() == record  # refused before any work
+    assert not (tmp_path / "o.gif").exists()
+
+
+def test_eval_and_novel_take_threads_and_shorten_openmp_spinning(run, tmp_path, monkeypatch):
+    import os
+
+    import torch
+    from typer.testing import CliRunner
+
+    from trirender.cli import app
+
+    test = rooms_dataset(16, views=6, seed=1)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    res = CliRunner().invoke(app, ["eval", str(run), "--data", str(test), "--context", "1", "--samples", "1",
+                                   "--scenes", "1", "--threads", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert calls == [1] and os.environ["GOMP_SPINCOUNT"] == "10000"  # torch's OpenMP threads spin briefly
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own setting is kept
+    res = CliRunner().invoke(app, ["novel", str(run), "--data", str(test), "--context", "1", "--orbit", "1",
+                                   "--samples", "1", "--path-spp", "0", "--threads", "2", "--out", str(tmp_path / "o.gif")])
+    assert res.exit_code == 0, res.output
+    assert calls == [1, 2] and os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_held_out_is_unknown_for_a_run_that_does_not_record_its_data():

@@ -486,3 +486,34 @@ def test_novel_feeds_a_path_trained_run_path_traced_context_views(rooms, tmp_pat
     raster = neural.novel.context_from_scene(scene, 2, 64, 0)
     np.testing.assert_array_equal(seen["ctx"], path[0])
     assert np.abs(path[0].astype(int) - raster[0]).mean() > 1  # not the rasterizer's views
+
+
+def test_resume_accepts_the_command_that_started_the_run_and_names_a_changed_value(rooms, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from trirender.cli import app
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    run_dir = tmp_path / "run"
+    start = ["train", str(rooms[0]), "--out", str(run_dir), "--preset", "tiny", "--batch", "2", "--set", "log_every=1",
+             "--device", "cpu", "--no-progress", "--threads", "1"]
+    res = CliRunner().invoke(app, start + ["--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"  # torch's OpenMP threads spin briefly (the user set nothing)
+    # the same command again with --resume: the same config, accepted
+    res = CliRunner().invoke(app, start + ["--steps", "2", "--resume"])
+    assert res.exit_code == 0, res.output
+    # --set/--batch without --preset apply to the run's own config: an equal value is no change
+    res = CliRunner().invoke(app, ["train", str(rooms[0]), "--out", str(run_dir), "--batch", "2", "--steps", "3",
+                                   "--resume", "--no-progress", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run_dir)["step"] == 3
+    # another value is refused, naming the field, the run's value and the new one; nothing changes
+    config = (run_dir / "config.json").read_text()
+    for args, words in [(["--batch", "4"], "batch_size 2 -> 4"), (["--set", "lr_start=0.01"], "lr_start 0.002 -> 0.01"),
+                        (["--preset", "small"], "r_channels 32 -> 64")]:
+        res = CliRunner().invoke(app, start[:4] + args + ["--steps", "4", "--resume", "--no-progress"])
+        assert res.exit_code == 2 and "cannot change a run being resumed" in res.output, res.output
+        assert words in res.output, res.output
+    assert load_checkpoint(run_dir)["step"] == 3 and (run_dir / "config.json").read_text() == config

@@ -1,12 +1,14 @@
 """The neural verbs of the ``trirender`` console script (train, eval, novel), registered by cli.py.
 
-torch is imported inside the commands only, so ``import trirender.cli`` stays light.
+torch is imported inside the commands only, so ``import trirender.cli`` stays light and the commands
+can set libgomp's GOMP_SPINCOUNT before torch loads it.
 Under torchrun, run the console script itself:
 ``torchrun --nproc_per_node 2 $(which trirender) train DATA --out RUN``.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -45,6 +47,38 @@ def _contexts(text: str) -> tuple[int, ...]:
     return ks
 
 
+SPINCOUNT = 10_000  # GOMP_SPINCOUNT of the neural commands (see _short_spin)
+# what `trirender train` writes into a run folder (neural.train's names, written out so that torch is not
+# imported before _short_spin); eval and novel refuse to write over these, or over any other file
+# already in the run folder or in a dataset folder they read
+RUN_FILES = ("config.json", "run.json", "checkpoint.pt", "metrics.csv", "mean_image.npy", "val.png")
+
+
+def _inputs(run: Path, data: Optional[Path]) -> tuple:
+    """(file, what it is) pairs for ``check_outputs(..., inputs=...)``: the run folder's files (train's,
+    and whatever else is there, tb/ included) and the files of the --data dataset, two levels deep (a
+    dataset keeps its arrays in shard-NNNNN/)."""
+    files = [(run / name, "a file of the run (RUN)") for name in RUN_FILES]
+    for folder, what in ((run, "a file of the run (RUN)"), (data, "a file of the --data dataset")):
+        if folder is not None and folder.is_dir():
+            files += [(p, what) for p in (*folder.glob("*"), *folder.glob("*/*")) if p.is_file()]
+    return tuple(files)
+
+
+def _short_spin() -> None:
+    """Let torch's OpenMP threads spin only briefly before they sleep while waiting for work, unless the
+    user has set OMP_WAIT_POLICY or GOMP_SPINCOUNT. libgomp's default (300,000 spins) collapses when
+    another job takes a core: train --preset tiny on 2 cores with one busy ran 2.3x faster with 10,000,
+    for 4% less on an idle machine; OMP_WAIT_POLICY=PASSIVE (no spinning) cost 45% there. libgomp reads
+    the variable when it is loaded, so this runs before the command imports torch."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPINCOUNT)
+
+
+Threads = typer.Option(0, min=0, help="torch CPU threads (0: torch's default, one per core; 1 is often fastest on "
+                                       "a busy CPU).")
+
+
 class ImageKind(str, Enum):  # a dataset's images: rasterized or path-traced (neural.data.IMAGE_KINDS)
     raster = "raster"
     path = "path"
@@ -68,7 +102,7 @@ def register(app: typer.Typer) -> None:
         channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU)."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
-        threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default; 1 is often fastest on a busy CPU)."),
+        threads: int = Threads,
         val: Optional[Path] = typer.Option(None, help="Held-out dataset for the validation batch (default: a fixed batch "
                                                       "of DATA's training scenes, so val_psnr measures fit)."),
         images: Optional[ImageKind] = typer.Option(None, help="raster or path: which images of DATA to train on (a --renderer "
@@ -79,22 +113,34 @@ def register(app: typer.Typer) -> None:
         """Train a GQN on a dataset folder (resumable; torchrun for several processes)."""
         from .cli import check_out
 
+        _short_spin()
         check_out(out, "--out", folder=True)
         with _errors():
-            from neural.train import Runtime, parse_overrides, resolve_config, train
+            from neural.train import Runtime, config_changes, parse_overrides, read_config, resolve_config, train
 
             if not data.is_dir():
                 raise typer.BadParameter(f"{data}: not a folder; expected a dataset made by `trirender dataset generate`")
-            cfg = None
-            if not resume:
-                cfg = resolve_config(preset or "small")
-                overrides = parse_overrides(list(set_), cfg)
+
+            def resolved(base):
+                overrides = parse_overrides(list(set_), base)
                 if batch is not None:
                     overrides["batch_size"] = batch
-                cfg = cfg.override(**overrides) if overrides else cfg
+                return base.override(**overrides) if overrides else base
+
+            cfg = None
+            if not resume:
+                cfg = resolved(resolve_config(preset or "small"))
             elif set_ or batch is not None or preset is not None:
-                raise typer.BadParameter("--preset/--set/--batch cannot change a run being resumed (its config.json "
-                                         "is used)")
+                # the command that started the run, given again with --resume, is accepted: what counts is
+                # the config it resolves to (--set/--batch alone apply to the run's own config)
+                run_cfg = read_config(out)
+                changes = config_changes(run_cfg, resolved(resolve_config(preset) if preset else run_cfg))
+                if changes:
+                    more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+                    raise typer.BadParameter(
+                        f"--preset/--set/--batch cannot change a run being resumed: {', '.join(changes[:4])}{more} "
+                        f"(its {out / 'config.json'} -> this command's); resume without them or with the values "
+                        "it started with, or start a new run in another --out")
             rt = Runtime(device=device, amp=amp, channels_last=channels_last, compile=compile_, num_workers=workers,
                          progress=progress, threads=threads, time_limit_s=minutes * 60.0)
             s = train(data, out, cfg, steps=steps, resume=resume, runtime=rt, val_data=val, images=images.value if images else None)
@@ -126,18 +172,25 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
         images: Optional[ImageKind] = typer.Option(None, help="raster or path: which images of --data to score against "
                                                          "(default: what the run trained on)."),
+        threads: int = Threads,
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on stderr)."),
     ):
         """PSNR/SSIM of the model vs nearest-view and mean-image baselines, per context size."""
-        from .cli import check_out
+        from .cli import check_outputs
 
+        _short_spin()
         ks = _contexts(context)
-        check_out(json_out, "--json")
+        check_outputs((json_out, "--json"), inputs=_inputs(run, data))
         with _errors():
+            import torch
+
             from neural.evaluate import evaluate, table
             from render.image_io import write_json_atomic
 
+            if threads:
+                torch.set_num_threads(threads)
             report = evaluate(run, data, ks, samples=samples, max_scenes=scenes, seed=seed, device=device,
-                              images=images.value if images else None)
+                              images=images.value if images else None, progress=progress)
         used = report[f"context_{ks[0]}"]["scenes"]
         if report["meta"]["held_out_note"]:
             print(f"note: {report['meta']['held_out_note']}")
@@ -162,29 +215,32 @@ def register(app: typer.Typer) -> None:
         strip_out: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip (every 6th frame)."),
         seed: int = typer.Option(0, min=0, help="Seed of the context views (--scene) and the samples."),
         device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N (the model; rendering stays where it is)."),
+        threads: int = Threads,
     ):
         """Orbit GIF of novel views: generator beside rasterizer (and path tracer) and uncertainty."""
-        from .cli import check_out
+        from .cli import _load, check_outputs
 
+        _short_spin()
         if (scene is None) == (data is None):
             raise typer.BadParameter("give exactly one of --scene SCENE or --data DIR --index I")
-        check_out(out, "--out", (".gif",))
-        check_out(strip_out, "--strip", (".png",))
+        outputs = ((out, "--out", (".gif",)), (strip_out, "--strip", (".png",)))
+        check_outputs(*outputs, inputs=_inputs(run, data))
         with _errors():
             import numpy as np
+            import torch
 
             from neural import novel
             from neural.train import read_run_info, resolve_device
 
+            if threads:
+                torch.set_num_threads(threads)
             model, cfg = novel.load_run(run, resolve_device(device))
             size = cfg.image_size
             info = read_run_info(run)
             trained_on = info.get("images")  # raster or path (None: a run from before it was recorded)
             raster_options: dict = {}
             if scene is not None:
-                from render import FAMILIES, load_scene
-
-                s = load_scene(scene, seed=seed) if scene in FAMILIES else load_scene(scene)
+                s = _load(scene, seed, outputs)  # refuses an output naming a file the scene reads (a texture)
                 # context views (and the raster ground truth) rendered as the run's training data was:
                 # path-traced for a run trained on path-traced images, with its dataset's spp and depth
                 settings = info.get("dataset_render_settings") or {}
