@@ -6,8 +6,9 @@
 
 Prints a table and writes ``bench/results/pathtracer.json`` (machine, versions, settings, figures):
 paths per second, cold and warm compile time, time from process start to the first pass, RMSE of each
-64-spp image against a high-spp reference (box filter on both sides), and the same for Mitsuba's
-``llvm_ad_rgb`` and ``scalar_rgb`` when Mitsuba is installed. Renderers are timed in alternation
+64-spp image against a high-spp reference (box filter on both sides), and the same for our CPU's
+one-path-per-thread kernel (the packet kernel's gain) and Mitsuba's ``llvm_ad_rgb`` and ``scalar_rgb``
+when Mitsuba is installed. Renderers are timed in alternation
 (ours, Mitsuba, ours, ...) so that other load on the machine hits both alike; every renderer runs in
 its own process so thread pools do not compete.
 """
@@ -43,6 +44,9 @@ OURS_CHILD = textwrap.dedent("""
         from pathtracer import mesh_scene
         scene = mesh_scene(args["mesh_tris"], args["size"])
     t_call = time.perf_counter() - t0
+    if args.get("one_path"):  # the one-path-per-thread kernel, which runs the scenes packets do not cover
+        import render.pathtracer
+        render.pathtracer.CPU_PACKETS = False
     out = []
     for r in range(args["repeats"]):
         f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
@@ -219,7 +223,8 @@ def main(argv=None) -> dict:
                         "first_pass_in_call_seconds": m["first_pass_seconds"]}
     res["start"] = starts
 
-    runs = {"ours": [], **{f"mitsuba {v}": [] for v in variants}}
+    one_path = "ours, one path per thread"
+    runs = {"ours": [], **({one_path: []} if a.backend == "cpu" else {}), **{f"mitsuba {v}": [] for v in variants}}
     images = {}
     for rnd in range(a.rounds):
         save = str(tmp / "ours.npy") if rnd == 0 else None
@@ -228,6 +233,12 @@ def main(argv=None) -> dict:
         if save:
             images["ours"] = np.load(save)
             res["ours_meta"] = ms[0]
+        if one_path in runs:  # the CPU's other kernel (render.pt_kernels), for the packet kernel's gain
+            save = str(tmp / "one_path.npy") if rnd == 0 else None
+            ms = _run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save, "one_path": True}, env)
+            runs[one_path] += [m["paths_per_second"] for m in ms]
+            if save:
+                images[one_path] = np.load(save)
         if have_mi:
             for variant in variants:
                 if variant == "scalar_rgb" and rnd > 0:
@@ -259,12 +270,15 @@ def main(argv=None) -> dict:
     res["cornell"] = rows
 
     if a.mesh_tris:
-        ms = _run_child(OURS_CHILD, {**base, "repeats": max(1, a.repeats - 1), "mesh_tris": a.mesh_tris,
-                                     "bench_dir": str(ROOT / "bench")}, env)
+        mesh = {**base, "repeats": max(1, a.repeats - 1), "mesh_tris": a.mesh_tris, "bench_dir": str(ROOT / "bench")}
+        ms = _run_child(OURS_CHILD, mesh, env)
         res["mesh"] = {"triangles": ms[0]["triangles"], "bvh_nodes": ms[0]["bvh_nodes"], "bvh_depth": ms[0]["bvh_depth"],
-                       "bvh_build_seconds": ms[0]["bvh_seconds"],
+                       "bvh_build_seconds": ms[0]["bvh_seconds"], "kernel": ms[0].get("kernel"),
                        "paths_per_second": float(np.median([m["paths_per_second"] for m in ms])),
                        "cornell_paths_per_second": ours_pps}
+        if a.backend == "cpu":
+            ms = _run_child(OURS_CHILD, {**mesh, "one_path": True}, env)
+            res["mesh"]["one_path_paths_per_second"] = float(np.median([m["paths_per_second"] for m in ms]))
         if have_mi:
             import trimesh
 
@@ -283,10 +297,10 @@ def main(argv=None) -> dict:
     # --- table ---
     print(f"\nCornell box {a.size}x{a.size}, {a.spp} spp, max_depth {a.depth}, box filter — "
           f"{res['machine']['cpu']}, backend {a.backend}")
-    print(f"{'renderer':<24}{'M paths/s':>11}{'ours / this':>13}{'RMSE':>9}")
+    print(f"{'renderer':<28}{'M paths/s':>11}{'ours / this':>13}{'RMSE':>9}")
     for r in rows:
         rm = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
-        print(f"{r['renderer']:<24}{r['paths_per_second'] / 1e6:>11.3f}{r['ratio_ours_over_this']:>13.2f}{rm:>9}")
+        print(f"{r['renderer']:<28}{r['paths_per_second'] / 1e6:>11.3f}{r['ratio_ours_over_this']:>13.2f}{rm:>9}")
     s = res["start"]
     print(f"compile: cold {s['cold']['compile_seconds']:.2f} s, warm {s['warm']['compile_seconds']:.2f} s; "
           f"process start to first pass: cold {s['cold']['time_to_first_pass_seconds']:.2f} s, "
@@ -296,6 +310,9 @@ def main(argv=None) -> dict:
         print(f"mesh scene: {m['triangles']} triangles, BVH {m['bvh_nodes']} nodes depth {m['bvh_depth']} "
               f"built in {m['bvh_build_seconds']:.2f} s; {m['paths_per_second'] / 1e6:.3f} M paths/s "
               f"({m['paths_per_second'] / ours_pps:.2f}x the 36-triangle box)")
+        if "one_path_paths_per_second" in m:
+            op = m["one_path_paths_per_second"]
+            print(f"  ours, one path per thread: {op / 1e6:.3f} M paths/s (packets / one path {m['paths_per_second'] / op:.2f})")
         if "mitsuba_paths_per_second" in m:
             mp = m["mitsuba_paths_per_second"]
             print(f"  mitsuba {m['mitsuba_variant']} on the mesh scene: {mp / 1e6:.3f} M paths/s (ours / mitsuba "

@@ -32,7 +32,7 @@ from .camera import Camera
 from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
-from .scene import EMITTER, FAR, MAX_COORDINATE, Scene
+from .scene import DIFFUSE, EMITTER, FAR, MAX_COORDINATE, Scene
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -370,6 +370,43 @@ def _device_arrays(packed: dict, backend: str) -> dict:
 
 
 # --- the entry point -------------------------------------------------------------------------------
+# On the CPU, scenes the packet kernel covers run in it (render.pt_packets: LANES paths per thread in
+# SIMD); False runs every scene in the one-path-per-thread kernel (tests compare the two).
+CPU_PACKETS = True
+
+
+_PACKET_KEYS = ("tri_v", "tri_n", "tri_uv", "node_lo", "node_hi", "node_i", "emit_tri", "emit_cdf", "mat_f",
+                "light_i", "light_f")
+
+
+def _packet_records(packed: dict) -> np.ndarray:
+    """What the packet kernel reads of a hit triangle, in one row per triangle (leaf order) so that a
+    lane's loads are adjacent: (T, 16) float32 of the unit geometric normal (e1 x e2), the light
+    density tri_pdf, the material's base colour and radiance, its type, two-sidedness and checker
+    flag, the object id, whether the corners' normals differ from the geometric one (1: interpolate
+    them), and the material id. Ids are exact as float32 below 2**24."""
+    if "packet_records" not in packed:
+        v = packed["tri_v"].reshape(-1, 3, 3).astype(np.float64)
+        ng = np.cross(v[:, 1], v[:, 2])
+        ng /= np.linalg.norm(ng, axis=1, keepdims=True)
+        n = packed["tri_n"].reshape(-1, 3, 3).astype(np.float64)
+        smooth = (np.abs(n - ng[:, None, :]) > 1e-6).any(axis=(1, 2))
+        m = packed["tri_i"][:, 0]
+        mat_i, mat_f = packed["mat_i"], packed["mat_f"]
+        rec = np.concatenate([ng, packed["tri_pdf"][:, None], mat_f[m, 0:6], mat_i[m, 0:1], mat_f[m, 15:16],
+                              mat_i[m, 2:3], packed["tri_i"][:, 1:2], smooth[:, None], m[:, None]], axis=1)
+        packed["packet_records"] = np.ascontiguousarray(rec, np.float32)
+    return packed["packet_records"]
+
+
+def _packet_scene(packed: dict) -> bool:
+    """Whether render.pt_packets covers a packed scene: diffuse and emitter materials without image
+    textures (checkers are fine), and no environment map (a constant environment is fine)."""
+    mat_i = packed["mat_i"]
+    return bool(np.isin(mat_i[:, 0], (DIFFUSE, EMITTER)).all() and (mat_i[:, 1] < 0).all()
+                and packed["params"][3] < 0)
+
+
 @contextlib.contextmanager
 def _stop_on_ctrl_c(enabled: bool):
     """A list that a Ctrl-C appends to while the block runs (enabled, in the main thread): the pass
@@ -511,11 +548,26 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     mode = STRATEGIES[strategy]
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
+    packets = used == "cpu" and CPU_PACKETS and _packet_scene(packed)
+    if packets:
+        from .pt_packets import render_pass_packets
+
+        records = _packet_records(packed)
+        # the kernel is compiled for the features the scene has (a feature a scene lacks costs the
+        # vectorised code even when skipped): interpolated normals, checkers, point/directional lights
+        features = (bool(records[:, 14].any()), bool(records[:, 12].any()), int(params[5]) > 0)
+
+        def render_pass(w, h, v, sample0, n):
+            render_pass_packets(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode,
+                                *(dev[key] for key in _PACKET_KEYS), params, records, *features)
+    else:
+        def render_pass(w, h, v, sample0, n):
+            k.render_pass(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode, *scene_args, params, simd)
     # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
     with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
                         "load it from Taichi's offline cache)", after=2.0 if progress else None):
-        k.render_pass(accum, *aovs, 0, 0, 0, 0, 0, *views_args, max_d, mode, *scene_args, params, simd)
+        render_pass(0, 0, 0, 0, 0)
         ti.sync()
     compile_seconds = time.perf_counter() - t_c
 
@@ -538,7 +590,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
                 if elapsed + last[1] * n / last[0] > time_budget:
                     break
             tp = time.perf_counter()
-            k.render_pass(accum, *aovs, W, H, V, done, n, *views_args, max_d, mode, *scene_args, params, simd)
+            render_pass(W, H, V, done, n)
             ti.sync()
             dt = time.perf_counter() - tp
             last = (n, dt)
@@ -555,7 +607,8 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     rgb = (acc / np.float32(done)).reshape(V, H, W, 3).astype(np.float32)
     meta = {
         "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d,
-        "strategy": strategy, "backend": used, "device": device, "width": W, "height": H, "views": V,
+        "strategy": strategy, "backend": used, "device": device, "kernel": "packet" if packets else "path",
+        "width": W, "height": H, "views": V,
         "paths_per_second": V * W * H * done / max(render_seconds, 1e-9),
         "compile_seconds": compile_seconds, "render_seconds": render_seconds,
         "first_pass_seconds": first_pass_seconds, "total_seconds": time.perf_counter() - t_start,

@@ -745,8 +745,10 @@ def test_one_by_one_leaves_render_the_simd_image(monkeypatch):
     # A GPU traces a BVH of small leaves tested one triangle at a time; the CPU traces 8-triangle SIMD
     # blocks. Both layouts rendered here on the CPU: another tree and another triangle test, the same
     # hits, so the images differ by float rounding alone.
+    monkeypatch.setattr(pt, "CPU_PACKETS", False)  # the one-path kernel, which both layouts serve
     scene = render.cornell_box(width=32, height=32)
     simd = trace(scene, spp=4)
+    assert simd.meta["kernel"] == "path"
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: False)
     one = trace(scene, spp=4)
     assert pt._packed_cache[scene][False]["bvh_nodes"] != pt._packed_cache[scene][True]["bvh_nodes"]
@@ -867,3 +869,76 @@ def test_a_huge_spp_under_a_time_budget_stops_on_time():
     assert 16 <= f.meta["spp"] < pt.MAX_SPP and np.isfinite(f.rgb).all()
     with pytest.raises(RenderError, match="spp"):
         trace(scene, spp=pt.MAX_SPP + 1)
+
+
+# --- the CPU's packet kernel (render.pt_packets) ------------------------------------------------------
+def packet_scene(size=24):
+    """Every feature the packet kernel covers: a checker floor, smooth and flat shapes, a one-sided
+    material, an emitter quad and an emissive sphere (many emitter triangles, picked by the CDF), a
+    point and a directional light and a constant environment."""
+    return render.scene_from_dict({
+        "camera": cam((0.0, 1.2, 3.2), (0.0, 0.6, 0.0), size=size),
+        "materials": {
+            "floor": {"type": "diffuse", "albedo": [0.6, 0.6, 0.6],
+                      "checker": {"color1": [0.8, 0.3, 0.2], "color2": [0.1, 0.4, 0.7], "scale": 6.0}},
+            "white": {"type": "diffuse", "albedo": [0.75, 0.75, 0.75]},
+            "red": {"type": "diffuse", "albedo": [0.7, 0.1, 0.1], "two_sided": False},
+            "lamp": {"type": "emitter", "radiance": [6.0, 5.0, 3.0], "albedo": [0.5, 0.5, 0.5]},
+            "glow": {"type": "emitter", "radiance": [0.5, 2.0, 1.0]},
+        },
+        "objects": [
+            {"shape": "quad", "material": "floor", "size": [6.0, 6.0], "rotate": [-90.0, 0.0, 0.0]},
+            {"shape": "sphere", "material": "white", "radius": 0.5, "translate": [-0.6, 0.5, 0.0]},
+            {"shape": "box", "material": "red", "size": [0.6, 0.9, 0.6], "translate": [0.6, 0.45, -0.3],
+             "rotate": [0.0, 25.0, 0.0]},
+            {"shape": "quad", "material": "lamp", "size": [0.8, 0.8], "translate": [0.0, 2.2, 0.0],
+             "rotate": [90.0, 0.0, 0.0]},
+            {"shape": "sphere", "material": "glow", "radius": 0.2, "subdivisions": 2, "translate": [0.3, 0.2, 0.7]},
+        ],
+        "lights": [{"type": "point", "position": [1.0, 1.8, 1.0], "intensity": [2.0, 2.0, 2.0]},
+                   {"type": "directional", "direction": [-0.3, -1.0, -0.4], "irradiance": [0.8, 0.8, 0.8]}],
+        "environment": {"radiance": [0.2, 0.25, 0.3]},
+    }, source="packet_scene")
+
+
+def both_kernels(monkeypatch, scene, **kw):
+    monkeypatch.setattr(pt, "CPU_PACKETS", True)
+    packet = trace(scene, **kw)
+    monkeypatch.setattr(pt, "CPU_PACKETS", False)
+    path = trace(scene, **kw)
+    assert (packet.meta["kernel"], path.meta["kernel"]) == ("packet", "path")
+    return packet, path
+
+
+@pytest.mark.parametrize("strategy,max_depth", [("mis", 8), ("mis", -1), ("nee", 3), ("bsdf", 3), ("mis", 1),
+                                                ("mis", 0)])
+def test_packet_kernel_renders_the_one_path_kernels_image(monkeypatch, strategy, max_depth):
+    # The packet kernel traces radiance()'s paths with radiance()'s random numbers in the same order,
+    # 8 paths in lockstep: the images agree to float rounding, pixel by pixel (a path whose float
+    # rounding tips a Russian roulette or an edge test the other way may differ, so a handful of
+    # pixels may), and so do the AOVs of the first pass
+    packet, path = both_kernels(monkeypatch, packet_scene(), spp=8, seed=3, strategy=strategy,
+                                max_depth=max_depth)
+    if max_depth == 0:
+        assert not packet.rgb.any() and not path.rgb.any()
+    else:
+        assert path.rgb.mean() > 0.05
+        close = np.isclose(packet.rgb, path.rgb, rtol=1e-3, atol=1e-4).all(axis=2)
+        assert close.mean() > 0.99, close.mean()
+        np.testing.assert_allclose(packet.rgb.mean((0, 1)), path.rgb.mean((0, 1)), rtol=2e-3)
+    same = packet.object_id == path.object_id
+    assert same.mean() > 0.99
+    np.testing.assert_allclose(packet.depth[same], path.depth[same], rtol=1e-5)
+    np.testing.assert_allclose(packet.normal[same], path.normal[same], atol=1e-5)
+    np.testing.assert_allclose(packet.albedo[same], path.albedo[same], atol=1e-6)
+
+
+def test_packet_kernel_on_the_cornell_box_and_where_it_does_not_apply(monkeypatch):
+    packet, path = both_kernels(monkeypatch, render.cornell_box(width=32, height=32), spp=16)
+    np.testing.assert_allclose(packet.rgb, path.rgb, rtol=1e-3, atol=1e-4)
+    # metal, glass, image textures and environment maps run in the one-path kernel
+    monkeypatch.setattr(pt, "CPU_PACKETS", True)
+    d = render.cornell_box(width=8, height=8)
+    metal = dataclasses.replace(d, materials=tuple(dataclasses.replace(m, type="metal") if m.name == "white" else m
+                                                   for m in d.materials))
+    assert trace(metal, spp=1).meta["kernel"] == "path"

@@ -1,0 +1,616 @@
+"""The CPU path tracer's packet kernel: LANES paths traced in lockstep by each thread.
+
+``render.pt_kernels.render_pass`` traces one path at a time per thread; only its leaf triangle test
+runs in SIMD. Here every per-path quantity is a LANES-wide Taichi vector (one lane per path), so
+camera rays, traversal, shading, light sampling and the random numbers all compile to SIMD
+instructions (Taichi scalarises the vectors and LLVM's SLP vectoriser packs them again). Each
+thread owns a group of GROUP pixels of one view and a queue of their paths (pixel-major); a lane
+whose path ends adds its radiance to its pixel and takes the next path of the queue, so lanes idle
+only at the queue's tail. Traversal walks the BVH with one stack for the packet: a node is entered
+when any active lane's ray enters its box before that lane's closest hit.
+
+It covers the scenes whose materials are diffuse or emitters (constant or checker colours, smooth
+or flat normals) lit by emitter triangles, point and directional lights and a constant
+environment (``render.pathtracer._packet_scene``); metal, glass, image textures and environment
+maps run in ``render_pass``. Paths are ``radiance()``'s: the same estimator (next-event estimation
+and BSDF sampling, power heuristic, Russian roulette from depth 5, the near/far clip of camera rays),
+and the same random numbers drawn in the same order from the same (seed, pixel, sample) streams, so
+an image differs from ``render_pass``'s by float rounding only (sin and cos are polynomials here:
+LLVM cannot vectorise libm calls). The first pass writes the first-hit AOVs as ``render_pass`` does,
+from a ray through each pixel centre that shares the paths' traversal.
+"""
+
+import math
+
+import taichi as ti
+
+from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS, ND2F, NDF, NDI, NDI3, NDU, NDV2,
+                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, pcg_hash)
+from .scene import FAR
+
+LANES = 8  # paths in lockstep per thread (8 x f32 = one AVX register)
+GROUP = 16  # pixels whose paths one thread's queue holds
+
+VF = ti.types.vector(LANES, ti.f32)
+VI = ti.types.vector(LANES, ti.i32)
+VU = ti.types.vector(LANES, ti.u32)
+
+
+@ti.func
+def step(state):
+    """(next state, uniform in [0, 1)): ``pt_kernels.rand`` on every lane."""
+    s = state * ti.u32(747796405) + ti.u32(2891336453)
+    word = ((s >> ((s >> ti.u32(28)) + ti.u32(4))) ^ s) * ti.u32(277803737)
+    word = (word >> ti.u32(22)) ^ word
+    return s, ti.cast(ti.cast(word >> ti.u32(8), ti.i32), ti.f32) * (1.0 / 16777216.0)
+
+
+@ti.func
+def sincos2pi(u):
+    """(cos 2 pi u, sin 2 pi u) for u in [0, 1): reduction to [-pi/4, pi/4] and Taylor polynomials
+    (absolute error < 3e-8)."""
+    x = u - ti.round(u)
+    q = ti.round(x * 4.0)
+    y = (x - q * 0.25) * (2.0 * math.pi)
+    y2 = y * y
+    s = y * (1.0 + y2 * (-1.0 / 6 + y2 * (1.0 / 120 + y2 * (-1.0 / 5040 + y2 * (1.0 / 362880)))))
+    c = 1.0 + y2 * (-0.5 + y2 * (1.0 / 24 + y2 * (-1.0 / 720 + y2 * (1.0 / 40320 + y2 * (-1.0 / 3628800)))))
+    qi = ti.cast(q, ti.i32) & 3
+    cs = ti.select(qi == 0, c, ti.select(qi == 1, -s, ti.select(qi == 2, -c, s)))
+    sn = ti.select(qi == 0, s, ti.select(qi == 1, c, ti.select(qi == 2, -s, -c)))
+    return cs, sn
+
+
+@ti.func
+def power_heuristic(a, b):
+    a2 = a * a
+    return ti.select(a2 > 0.0, a2 / ti.select(a2 > 0.0, a2 + b * b, 1.0), 0.0)
+
+
+@ti.func
+def mis_weight(prev_delta, prev_pdf, pdf_other, mode):
+    """The weight of radiance found by BSDF sampling: 1 after a delta lobe or the camera, else the
+    power heuristic (MIS), 0 (NEE alone) or 1 (BSDF sampling alone). Selects, not branches: the SLP
+    vectoriser packs lanes within a basic block, so every branch costs repacking."""
+    w = ti.select(mode == MIS, power_heuristic(prev_pdf, pdf_other), ti.select(mode == NEE_ONLY, 0.0, 1.0))
+    return ti.select(prev_delta != 0, 1.0, w)
+
+
+@ti.func
+def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template()):
+    """Möller–Trumbore of triangle k against every lane (``pt_kernels.intersect``'s test, with its
+    edge slack): (hit, t, b1, b2), valid where hit."""
+    v0 = tri_v[3 * k]
+    e1 = tri_v[3 * k + 1]
+    e2 = tri_v[3 * k + 2]
+    px = dy * e2.z - dz * e2.y
+    py = dz * e2.x - dx * e2.z
+    pz = dx * e2.y - dy * e2.x
+    det = e1.x * px + e1.y * py + e1.z * pz
+    sgn = ti.select(det < 0.0, -1.0, 1.0)
+    adet = det * sgn
+    sx = ox - v0.x
+    sy = oy - v0.y
+    sz = oz - v0.z
+    u = (sx * px + sy * py + sz * pz) * sgn
+    qx = sy * e1.z - sz * e1.y
+    qy = sz * e1.x - sx * e1.z
+    qz = sx * e1.y - sy * e1.x
+    v = (dx * qx + dy * qy + dz * qz) * sgn
+    t = (e2.x * qx + e2.y * qy + e2.z * qz) * sgn
+    slack = adet * EDGE_SLACK
+    hit = (adet > 0.0) & (u >= -slack) & (v >= -slack) & (u + v <= adet + slack) & (t > 0.0) & (t < best_t * adet)
+    inv = 1.0 / ti.select(hit, adet, 1.0)
+    return hit, t * inv, u * inv, v * inv
+
+
+@ti.func
+def box_enter(k, ox, oy, oz, ix, iy, iz, t_max, node_lo: ti.template(), node_hi: ti.template()):
+    """Per lane: the ray enters node k's box within [0, t_max] (``pt_kernels.box_entry``'s
+    conservative slab test)."""
+    lo = node_lo[k]
+    hi = node_hi[k]
+    ax = (lo.x - ox) * ix
+    bx = (hi.x - ox) * ix
+    ay = (lo.y - oy) * iy
+    by = (hi.y - oy) * iy
+    az = (lo.z - oz) * iz
+    bz = (hi.z - oz) * iz
+    t0 = ti.max(ti.max(ti.min(ax, bx), ti.min(ay, by)), ti.max(ti.min(az, bz), 0.0))
+    t1 = ti.min(ti.min(ti.max(ax, bx), ti.max(ay, by)), ti.max(az, bz)) * BOX_SLACK
+    return (t0 <= t1) & (t0 <= t_max)
+
+
+@ti.func
+def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), node_lo: ti.template(),
+          node_hi: ti.template(), node_i: ti.template(), tri_v: ti.template()):
+    """Closest hit in (0, t_max) of the active lanes' rays: (t, triangle or -1, b1, b2); with any_hit
+    the walk stops once every active lane is occluded (triangle >= 0)."""
+    ix = 1.0 / ti.select(ti.abs(dx) < 1e-20, ti.select(dx < 0.0, -1e-20, 1e-20), dx)
+    iy = 1.0 / ti.select(ti.abs(dy) < 1e-20, ti.select(dy < 0.0, -1e-20, 1e-20), dy)
+    iz = 1.0 / ti.select(ti.abs(dz) < 1e-20, ti.select(dz < 0.0, -1e-20, 1e-20), dz)
+    best_t = t_max
+    best = VI(-1)
+    bu = VF(0.0)
+    bv = VF(0.0)
+    stack = ti.Vector([0] * STACK, ti.i32)
+    sp = 0
+    node = 0
+    live = active
+    while node >= 0:
+        enter = live & box_enter(node, ox, oy, oz, ix, iy, iz, best_t, node_lo, node_hi)
+        nxt = -1
+        if enter.any():
+            info = node_i[node]
+            if info[1] > 0:
+                for k in range(info[0], info[0] + info[1]):
+                    hit, t, u, v = tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v)
+                    hit = hit & enter
+                    best_t = ti.select(hit, t, best_t)
+                    best = ti.select(hit, k, best)
+                    bu = ti.select(hit, u, bu)
+                    bv = ti.select(hit, v, bv)
+                if ti.static(any_hit):
+                    live = live & (best < 0)
+            else:
+                stack[sp] = info[0]  # the right child later, the left one (node + 1) now
+                sp += 1
+                nxt = node + 1
+        if nxt < 0 and sp > 0:
+            sp -= 1
+            nxt = stack[sp]
+        if ti.static(any_hit):
+            if not live.any():
+                nxt = -1
+        node = nxt
+    return best_t, best, bu, bv
+
+
+@ti.func
+def find(cdf: ti.template(), n, u):
+    """Per lane, the first index k < n with u <= cdf[k] (``pt_kernels.cdf_find``'s bin), by a
+    binary search the lanes take in lockstep."""
+    lo = VI(0)
+    hi = VI(n - 1)
+    while (lo < hi).any():
+        mid = (lo + hi) // 2
+        c = VF(0.0)
+        for l in ti.static(range(LANES)):
+            c[l] = cdf[mid[l]]
+        go_up = (lo < hi) & (c < u)
+        go_down = (lo < hi) & ~(c < u)
+        lo = ti.select(go_up, mid + 1, lo)
+        hi = ti.select(go_down, mid, hi)
+    return lo
+
+
+@ti.kernel
+def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj: NDI, width: ti.i32,
+                        height: ti.i32, views: ti.i32, sample0: ti.i32, spp: ti.i32, seeds: NDU, cams: ND2F,
+                        max_depth: ti.i32, mode: ti.i32, tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, node_lo: NDV3,
+                        node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF, mat_f: ND2F, light_i: NDI,
+                        light_f: NDV3, params: NDF, prec: ND2F, smooth_normals: ti.template(),
+                        checkers: ti.template(), delta_lights: ti.template()):
+    """``pt_kernels.render_pass`` (same result up to float rounding) for the scenes this module
+    covers, with the arguments it reads of render_pass's, and prec: one record per triangle
+    (render.pathtracer._packet_records)."""
+    n_pix = width * height
+    per_view = (n_pix + GROUP - 1) // GROUP
+    env_r = params[0]
+    env_g = params[1]
+    env_b = params[2]
+    n_emit = ti.i32(params[4])
+    n_delta = ti.i32(params[5])
+    has_env = ti.i32(params[6])
+    n_groups = ti.i32(params[7])
+    p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
+    area_group = 1 if n_emit > 0 else 0
+    env_uniform_pdf = p_group / (4.0 * math.pi)
+    for grp in range(views * per_view):
+        v = grp // per_view
+        pix0 = (grp % per_view) * GROUP
+        n_here = ti.min(GROUP, n_pix - pix0)
+        seed = seeds[v]
+        cox, coy, coz = cams[v, 0], cams[v, 1], cams[v, 2]
+        rx, ry, rz = cams[v, 3], cams[v, 4], cams[v, 5]
+        ux, uy, uz = cams[v, 6], cams[v, 7], cams[v, 8]
+        fx, fy, fz = cams[v, 9], cams[v, 10], cams[v, 11]
+        near, far = cams[v, 12], cams[v, 13]
+
+        # ---- the paths: spp per pixel, pixel-major, LANES in flight; the first pass starts each
+        # pixel with its AOV ray (sample -1, through the pixel centre, ending at the first hit) ----
+        extra = 1 if sample0 == 0 else 0
+        per_pixel = spp + extra
+        total = n_here * per_pixel
+        nxt = 0
+        qi = VI(0)
+        live = VI(0)  # masks are i32 0/1 vectors throughout
+        ox, oy, oz = VF(0.0), VF(0.0), VF(0.0)
+        dx, dy, dz = VF(0.0), VF(0.0), VF(1.0)
+        br, bg, bb = VF(1.0), VF(1.0), VF(1.0)
+        lr, lg, lb = VF(0.0), VF(0.0), VF(0.0)
+        prev_pdf = VF(1.0)
+        prev_delta = VI(1)
+        seg = VI(0)
+        t_seg = VF(0.0)
+        state = VU(0)
+        aov = VI(0)  # the lane traces an AOV ray
+        cos_fwd = VF(1.0)  # its cosine to the camera's forward axis
+        while True:
+            # lanes whose path ended take the next one of the queue
+            fresh = VI(0)
+            for l in ti.static(range(LANES)):
+                if live[l] == 0 and nxt < total:
+                    qi[l] = nxt
+                    nxt += 1
+                    fresh[l] = 1
+                    live[l] = 1
+            if not (live != 0).any():
+                break
+            fr = fresh != 0
+            pix = pix0 + qi // per_pixel
+            sample = sample0 + qi % per_pixel - extra
+            s0 = pcg_hash(ti.cast(sample, ti.u32) + pcg_hash(ti.cast(pix, ti.u32) + pcg_hash(seed)))  # rng_seed
+            is_aov = sample < 0
+            s1, jx = step(s0)
+            s1, jy = step(s1)
+            s0 = ti.select(is_aov, s0, s1)
+            jx = ti.select(is_aov, 0.5, jx)
+            jy = ti.select(is_aov, 0.5, jy)
+            sx = 2.0 * (ti.cast(pix % width, ti.f32) + jx) / width - 1.0
+            sy = 1.0 - 2.0 * (ti.cast(pix // width, ti.f32) + jy) / height
+            cdx = sx * rx + sy * ux + fx
+            cdy = sx * ry + sy * uy + fy
+            cdz = sx * rz + sy * uz + fz
+            inv_n = 1.0 / ti.sqrt(cdx * cdx + cdy * cdy + cdz * cdz)
+            cdx *= inv_n
+            cdy *= inv_n
+            cdz *= inv_n
+            cos_f = cdx * fx + cdy * fy + cdz * fz
+            state = ti.select(fr, s0, state)
+            dx = ti.select(fr, cdx, dx)
+            dy = ti.select(fr, cdy, dy)
+            dz = ti.select(fr, cdz, dz)
+            ox = ti.select(fr, cox + cdx * (near / cos_f), ox)
+            oy = ti.select(fr, coy + cdy * (near / cos_f), oy)
+            oz = ti.select(fr, coz + cdz * (near / cos_f), oz)
+            t_seg = ti.select(fr, (far - near) / cos_f, t_seg)
+            br = ti.select(fr, 1.0, br)
+            bg = ti.select(fr, 1.0, bg)
+            bb = ti.select(fr, 1.0, bb)
+            lr = ti.select(fr, 0.0, lr)
+            lg = ti.select(fr, 0.0, lg)
+            lb = ti.select(fr, 0.0, lb)
+            prev_pdf = ti.select(fr, 1.0, prev_pdf)
+            prev_delta = ti.select(fr, 1, prev_delta)
+            seg = ti.select(fr, 0, seg)
+            aov = ti.select(fr, ti.select(is_aov, 1, 0), aov)
+            cos_fwd = ti.select(fr, cos_f, cos_fwd)
+            alive = live != 0
+            tracing = alive & (aov == 0)  # lanes of paths, not of AOV rays
+
+            # ---- the next segment's hit ----
+            t, k, b1, b2 = trace(ox, oy, oz, dx, dy, dz, t_seg, alive, False, node_lo, node_hi, node_i, tri_v)
+            t_seg = VF(FAR)
+            miss = tracing & (k < 0)
+            # a constant environment (maps run in render_pass)
+            w = mis_weight(prev_delta, prev_pdf, VF(env_uniform_pdf), mode)
+            sky = miss & (has_env != 0) & (max_depth != 0)
+            lr += ti.select(sky, br * env_r * w, 0.0)
+            lg += ti.select(sky, bg * env_g * w, 0.0)
+            lb += ti.select(sky, bb * env_b * w, 0.0)
+            found = alive & (k >= 0)
+            hit = found & (aov == 0)
+            # the hit triangle's record (see render.pathtracer._packet_records), lane by lane
+            gx, gy, gz, tpdf = VF(0.0), VF(0.0), VF(1.0), VF(0.0)
+            car, cag, cab = VF(0.0), VF(0.0), VF(0.0)
+            ler, leg, leb = VF(0.0), VF(0.0), VF(0.0)
+            mtype, two, chk, oid, smooth, mat = VI(0), VF(0.0), VI(0), VI(-1), VI(0), VI(0)
+            for l in ti.static(range(LANES)):
+                kl = ti.max(k[l], 0)
+                gx[l] = prec[kl, 0]
+                gy[l] = prec[kl, 1]
+                gz[l] = prec[kl, 2]
+                tpdf[l] = prec[kl, 3]
+                car[l] = prec[kl, 4]
+                cag[l] = prec[kl, 5]
+                cab[l] = prec[kl, 6]
+                ler[l] = prec[kl, 7]
+                leg[l] = prec[kl, 8]
+                leb[l] = prec[kl, 9]
+                mtype[l] = ti.cast(prec[kl, 10], ti.i32)
+                two[l] = prec[kl, 11]
+                chk[l] = ti.cast(prec[kl, 12], ti.i32)
+                oid[l] = ti.cast(prec[kl, 13], ti.i32)
+                smooth[l] = ti.cast(prec[kl, 14], ti.i32)
+                mat[l] = ti.cast(prec[kl, 15], ti.i32)
+            px = ox + t * dx
+            py = oy + t * dy
+            pz = oz + t * dz
+            # the shading normal: the geometric one where the corners' normals all equal it, else
+            # interpolated (ng where that vanishes)
+            nsx, nsy, nsz = gx, gy, gz
+            wind = VF(1.0)
+            if ti.static(smooth_normals):
+                ix, iy, iz, wx, wy, wz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+                for l in ti.static(range(LANES)):
+                    kl = ti.max(k[l], 0)
+                    n0 = tri_n[3 * kl]
+                    n1 = tri_n[3 * kl + 1]
+                    n2 = tri_n[3 * kl + 2]
+                    ns = (1.0 - b1[l] - b2[l]) * n0 + b1[l] * n1 + b2[l] * n2
+                    nw = n0 + n1 + n2
+                    ix[l] = ns.x
+                    iy[l] = ns.y
+                    iz[l] = ns.z
+                    wx[l] = nw.x
+                    wy[l] = nw.y
+                    wz[l] = nw.z
+                nl = ti.sqrt(ix * ix + iy * iy + iz * iz)
+                use = (smooth != 0) & (nl > 0.0)
+                inv_l = 1.0 / ti.select(use, nl, 1.0)
+                nsx = ti.select(use, ix * inv_l, gx)
+                nsy = ti.select(use, iy * inv_l, gy)
+                nsz = ti.select(use, iz * inv_l, gz)
+                # (applied after the AOVs, which keep the normal as interpolated)
+                wind = ti.select((smooth != 0) & (wx * gx + wy * gy + wz * gz < 0.0), -1.0, 1.0)
+            # the base colour: a checker (color1 where floor(u s) + floor(v s) is even) or the constant
+            if ti.static(checkers):
+                uu, vv = VF(0.0), VF(0.0)
+                c1r, c1g, c1b, c2r, c2g, c2b, csc = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+                for l in ti.static(range(LANES)):
+                    kl = ti.max(k[l], 0)
+                    c0 = 1.0 - b1[l] - b2[l]
+                    uv = c0 * tri_uv[3 * kl] + b1[l] * tri_uv[3 * kl + 1] + b2[l] * tri_uv[3 * kl + 2]
+                    uu[l] = uv.x
+                    vv[l] = uv.y
+                    m = mat[l]
+                    c1r[l] = mat_f[m, 6]
+                    c1g[l] = mat_f[m, 7]
+                    c1b[l] = mat_f[m, 8]
+                    c2r[l] = mat_f[m, 9]
+                    c2g[l] = mat_f[m, 10]
+                    c2b[l] = mat_f[m, 11]
+                    csc[l] = mat_f[m, 14]
+                parity = (ti.cast(ti.floor(uu * csc), ti.i32) + ti.cast(ti.floor(vv * csc), ti.i32)) & 1
+                use1 = (chk != 0) & (parity == 0)
+                use2 = (chk != 0) & (parity != 0)
+                car = ti.select(use1, c1r, ti.select(use2, c2r, car))
+                cag = ti.select(use1, c1g, ti.select(use2, c2g, cag))
+                cab = ti.select(use1, c1b, ti.select(use2, c2b, cab))
+            # what AOV rays write (render_pass's first-hit AOVs), kept for the end of the segment
+            aov_nx, aov_ny, aov_nz, aov_r, aov_g, aov_b = nsx, nsy, nsz, car, cag, cab
+            cosd = dx * gx + dy * gy + dz * gz
+            front = cosd < 0.0
+            # emission seen by BSDF sampling (emitters shine from their front face)
+            pdf_light = tpdf * t * t / ti.select(hit, ti.abs(cosd), 1.0)
+            w = mis_weight(prev_delta, prev_pdf, pdf_light, mode)
+            add = hit & (mtype == EMITTER) & front & (max_depth != 0)
+            lr += ti.select(add, br * ler * w, 0.0)
+            lg += ti.select(add, bg * leg * w, 0.0)
+            lb += ti.select(add, bb * leb * w, 0.0)
+            cont = hit & ~((max_depth >= 0) & (seg + 1 >= max_depth)) & ~(~front & (two == 0.0))
+            # normals against the winding are turned to its side; then both to the ray's side
+            side = ti.select(front, 1.0, -1.0)
+            gx *= side
+            gy *= side
+            gz *= side
+            nsx *= wind * side
+            nsy *= wind * side
+            nsz *= wind * side
+            # a frame around the shading normal (pt_kernels.onb)
+            sg = ti.select(nsz >= 0.0, 1.0, -1.0)
+            oa = -1.0 / (sg + nsz)
+            ob = nsx * nsy * oa
+            tx = 1.0 + sg * nsx * nsx * oa
+            ty = sg * ob
+            tz = -sg * nsx
+            bx = ob
+            by = sg + nsy * nsy * oa
+            bz = -nsy
+            wo_z = -(dx * nsx + dy * nsy + dz * nsz)
+            scale = RAY_EPS * (1.0 + ti.max(ti.max(ti.abs(px), ti.abs(py)), ti.abs(pz)))
+
+            # ---- next-event estimation: one light sample ----
+            do_nee = cont & (n_groups > 0) & (ti.max(ti.max(car, cag), cab) > 0.0)
+            st, ug = step(state)
+            st, ul1 = step(st)
+            st, ul2 = step(st)
+            st4, upick = step(st)
+            g = ti.min(ti.cast(ug * n_groups, ti.i32), n_groups - 1)
+            is_area = g < area_group
+            is_delta = ~is_area & (g < area_group + n_delta)
+            is_env = ~is_area & ~is_delta
+            picks = do_nee & is_area & (mode != BSDF_ONLY)
+            state = ti.select(do_nee, ti.select(picks, st4, st), state)
+            # the sampled direction wi, the target point (area and point lights), radiance / pdf
+            wx, wy, wz = VF(0.0), VF(1.0), VF(0.0)
+            tgx, tgy, tgz = VF(0.0), VF(0.0), VF(0.0)
+            has_target = VI(0)
+            lir, lig, lib = VF(0.0), VF(0.0), VF(0.0)
+            pdf_l = VF(0.0)
+            if picks.any():  # an emitter triangle picked by power, a point on it uniformly
+                pick = find(emit_cdf, n_emit, upick)
+                v0x, v0y, v0z = VF(0.0), VF(0.0), VF(0.0)
+                f1x, f1y, f1z, f2x, f2y, f2z = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+                epdf, eer, eeg, eeb = VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+                nlx, nly, nlz = VF(0.0), VF(0.0), VF(1.0)
+                for l in ti.static(range(LANES)):
+                    ke = emit_tri[pick[l]]
+                    a0 = tri_v[3 * ke]
+                    a1 = tri_v[3 * ke + 1]
+                    a2 = tri_v[3 * ke + 2]
+                    v0x[l] = a0.x
+                    v0y[l] = a0.y
+                    v0z[l] = a0.z
+                    f1x[l] = a1.x
+                    f1y[l] = a1.y
+                    f1z[l] = a1.z
+                    f2x[l] = a2.x
+                    f2y[l] = a2.y
+                    f2z[l] = a2.z
+                    nlx[l] = prec[ke, 0]
+                    nly[l] = prec[ke, 1]
+                    nlz[l] = prec[ke, 2]
+                    epdf[l] = prec[ke, 3]
+                    eer[l] = prec[ke, 7]
+                    eeg[l] = prec[ke, 8]
+                    eeb[l] = prec[ke, 9]
+                su = ti.sqrt(ul1)
+                a = 1.0 - su
+                c = su * ul2
+                ax = v0x + a * f1x + c * f2x
+                ay = v0y + a * f1y + c * f2y
+                az = v0z + a * f1z + c * f2z
+                lx = ax - px
+                ly = ay - py
+                lz = az - pz
+                d2 = lx * lx + ly * ly + lz * lz
+                inv_d = 1.0 / ti.sqrt(ti.select(d2 > 0.0, d2, 1.0))
+                lx *= inv_d
+                ly *= inv_d
+                lz *= inv_d
+                cos_l = -(lx * nlx + ly * nly + lz * nlz)
+                ok = picks & (cos_l > 0.0)
+                pdf_a = epdf * d2 / ti.select(ok, cos_l, 1.0)
+                inv_p = 1.0 / ti.select(ok, pdf_a, 1.0)
+                wx, wy, wz = ti.select(picks, lx, wx), ti.select(picks, ly, wy), ti.select(picks, lz, wz)
+                tgx, tgy, tgz = ti.select(picks, ax, tgx), ti.select(picks, ay, tgy), ti.select(picks, az, tgz)
+                has_target = ti.select(picks, 1, has_target)
+                pdf_l = ti.select(ok, pdf_a, pdf_l)
+                lir = ti.select(ok, eer * inv_p, lir)
+                lig = ti.select(ok, eeg * inv_p, lig)
+                lib = ti.select(ok, eeb * inv_p, lib)
+            dl = do_nee & is_delta
+            if ti.static(delta_lights):  # a point or directional light
+                kind = VI(0)
+                pox, poy, poz, dix, diy, diz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(1.0)
+                pwr, pwg, pwb = VF(0.0), VF(0.0), VF(0.0)
+                for l in ti.static(range(LANES)):
+                    li = ti.min(ti.max(g[l] - area_group, 0), ti.max(n_delta - 1, 0))
+                    kind[l] = light_i[li]
+                    a0 = light_f[3 * li]
+                    a1 = light_f[3 * li + 1]
+                    a2 = light_f[3 * li + 2]
+                    pox[l] = a0.x
+                    poy[l] = a0.y
+                    poz[l] = a0.z
+                    dix[l] = a1.x
+                    diy[l] = a1.y
+                    diz[l] = a1.z
+                    pwr[l] = a2.x
+                    pwg[l] = a2.y
+                    pwb[l] = a2.z
+                point = dl & (kind == 0)
+                lx = pox - px
+                ly = poy - py
+                lz = poz - pz
+                d2 = lx * lx + ly * ly + lz * lz
+                inv_d = 1.0 / ti.sqrt(ti.select(d2 > 0.0, d2, 1.0))
+                inv_dl = 1.0 / ti.sqrt(dix * dix + diy * diy + diz * diz)
+                fac = ti.select(point, 1.0 / (ti.select(d2 > 0.0, d2, 1.0) * p_group), 1.0 / p_group)
+                wx = ti.select(point, lx * inv_d, ti.select(dl, -dix * inv_dl, wx))
+                wy = ti.select(point, ly * inv_d, ti.select(dl, -diy * inv_dl, wy))
+                wz = ti.select(point, lz * inv_d, ti.select(dl, -diz * inv_dl, wz))
+                tgx, tgy, tgz = ti.select(point, pox, tgx), ti.select(point, poy, tgy), ti.select(point, poz, tgz)
+                has_target = ti.select(point, 1, has_target)
+                lir = ti.select(dl, pwr * fac, lir)
+                lig = ti.select(dl, pwg * fac, lig)
+                lib = ti.select(dl, pwb * fac, lib)
+            de = do_nee & is_env & (mode != BSDF_ONLY)
+            # the constant environment: a direction uniform over the sphere (computed for every lane:
+            # cheaper than a branch, which costs the vectoriser its packing)
+            z = 1.0 - 2.0 * ul1
+            r = ti.sqrt(ti.max(1.0 - z * z, 0.0))
+            cph, sph = sincos2pi(ul2)
+            wx, wy, wz = ti.select(de, r * cph, wx), ti.select(de, r * sph, wy), ti.select(de, z, wz)
+            pdf_l = ti.select(de, env_uniform_pdf, pdf_l)
+            lir = ti.select(de, env_r / env_uniform_pdf, lir)
+            lig = ti.select(de, env_g / env_uniform_pdf, lig)
+            lib = ti.select(de, env_b / env_uniform_pdf, lib)
+            # the diffuse BSDF toward wi (f |cos| = base wi_z / pi, its pdf wi_z / pi)
+            wi_z = wx * nsx + wy * nsy + wz * nsz
+            lit = do_nee & (ti.max(ti.max(lir, lig), lib) > 0.0) & (wo_z > 0.0) & (wi_z > 0.0)
+            lit = lit & (ti.max(ti.max(car, cag), cab) * wi_z > 0.0)
+            if lit.any():
+                pdf_b = wi_z * INV_PI
+                w = ti.select(~dl & (mode == MIS), power_heuristic(pdf_l, pdf_b), 1.0)
+                # the shadow ray, from the offset origin, aimed at the target and stopping short of it
+                off = ti.select(gx * wx + gy * wy + gz * wz >= 0.0, scale, -scale)
+                sox = px + gx * off
+                soy = py + gy * off
+                soz = pz + gz * off
+                tsx = tgx - sox
+                tsy = tgy - soy
+                tsz = tgz - soz
+                tsl = ti.max(ti.sqrt(tsx * tsx + tsy * tsy + tsz * tsz), 1e-30)
+                tgt = has_target != 0
+                sdx = ti.select(tgt, tsx / tsl, wx)
+                sdy = ti.select(tgt, tsy / tsl, wy)
+                sdz = ti.select(tgt, tsz / tsl, wz)
+                t_sh = ti.select(tgt, tsl * (1.0 - 1e-3), FAR)
+                _, blocker, _, _ = trace(sox, soy, soz, sdx, sdy, sdz, t_sh, lit, True, node_lo, node_hi, node_i,
+                                         tri_v)
+                seen = lit & (blocker < 0)
+                f = w * wi_z * INV_PI
+                lr += ti.select(seen, br * car * f * lir, 0.0)
+                lg += ti.select(seen, bg * cag * f * lig, 0.0)
+                lb += ti.select(seen, bb * cab * f * lib, 0.0)
+
+            # ---- BSDF sampling (cosine-weighted): the next segment ----
+            st, u1 = step(state)
+            st, u2 = step(st)
+            st, _u3 = step(st)
+            state = ti.select(cont, st, state)
+            r = ti.sqrt(u1)
+            cph, sph = sincos2pi(u2)
+            lz_ = ti.sqrt(ti.max(1.0 - u1, 0.0))
+            pdf = lz_ * INV_PI
+            cont = cont & (wo_z > 0.0) & (pdf > 0.0) & (ti.max(ti.max(car, cag), cab) > 0.0)
+            ndx = r * cph * tx + r * sph * bx + lz_ * nsx
+            ndy = r * cph * ty + r * sph * by + lz_ * nsy
+            ndz = r * cph * tz + r * sph * bz + lz_ * nsz
+            inv_d = 1.0 / ti.sqrt(ndx * ndx + ndy * ndy + ndz * ndz)
+            ndx *= inv_d
+            ndy *= inv_d
+            ndz *= inv_d
+            br = ti.select(cont, br * car, br)
+            bg = ti.select(cont, bg * cag, bg)
+            bb = ti.select(cont, bb * cab, bb)
+            prev_pdf = pdf
+            prev_delta = VI(0)
+            off = ti.select(gx * ndx + gy * ndy + gz * ndz >= 0.0, scale, -scale)
+            ox = px + gx * off
+            oy = py + gy * off
+            oz = pz + gz * off
+            dx, dy, dz = ndx, ndy, ndz
+            seg += 1
+            # Russian roulette from RR_DEPTH segments on (a number is drawn only there)
+            rr = cont & (seg >= RR_DEPTH)
+            st, urr = step(state)
+            state = ti.select(rr, st, state)
+            q = ti.min(ti.max(ti.max(br, bg), bb), 0.95)
+            cont = cont & ~(rr & (urr >= q))
+            qd = ti.select(rr & cont, q, 1.0)
+            br /= qd
+            bg /= qd
+            bb /= qd
+
+            # ---- paths that ended: their radiance to their pixel, the lane to the queue ----
+            done = alive & ~cont
+            for l in ti.static(range(LANES)):
+                if done[l]:
+                    at = v * n_pix + pix[l]
+                    if aov[l] == 0:
+                        accum[at] += ti.math.vec3(lr[l], lg[l], lb[l])
+                    elif k[l] < 0:  # an AOV ray: the first hit's depth, shading normal, base colour, object
+                        depth[at] = ti.math.inf
+                        normal[at] = ti.math.vec3(0.0)
+                        albedo[at] = ti.math.vec3(0.0)
+                        obj[at] = -1
+                    else:
+                        depth[at] = near + t[l] * cos_fwd[l]
+                        normal[at] = ti.math.vec3(aov_nx[l], aov_ny[l], aov_nz[l])
+                        albedo[at] = ti.math.vec3(aov_r[l], aov_g[l], aov_b[l])
+                        obj[at] = oid[l]
+            live = ti.select(done, 0, live)
