@@ -189,11 +189,11 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                         height: ti.i32, views: ti.i32, sample0: ti.i32, spp: ti.i32, seeds: NDU, cams: ND2F,
                         max_depth: ti.i32, mode: ti.i32, tri_v: NDV3, tri_n: NDV3, tri_uv: NDV2, node_lo: NDV3,
                         node_hi: NDV3, node_i: NDI3, emit_tri: NDI, emit_cdf: NDF, mat_f: ND2F, light_i: NDI,
-                        light_f: NDV3, params: NDF, prec: ND2F, smooth_normals: ti.template(),
-                        checkers: ti.template(), delta_lights: ti.template()):
+                        light_f: NDV3, params: NDF, prec: ND2F, full: ti.template()):
     """``pt_kernels.render_pass`` (same result up to float rounding) for the scenes this module
-    covers, with the arguments it reads of render_pass's, and prec: one record per triangle
-    (render.pathtracer._packet_records)."""
+    covers, with the arguments it reads of render_pass's; prec: one record per triangle
+    (render.pathtracer._packet_records); full: compiled with interpolated normals, checkers and
+    point/directional lights (else the scene has none of them)."""
     n_pix = width * height
     per_view = (n_pix + GROUP - 1) // GROUP
     env_r = params[0]
@@ -331,7 +331,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             # interpolated (ng where that vanishes)
             nsx, nsy, nsz = gx, gy, gz
             wind = VF(1.0)
-            if ti.static(smooth_normals):
+            if ti.static(full):
                 ix, iy, iz, wx, wy, wz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
                 for l in ti.static(range(LANES)):
                     kl = ti.max(k[l], 0)
@@ -355,7 +355,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 # (applied after the AOVs, which keep the normal as interpolated)
                 wind = ti.select((smooth != 0) & (wx * gx + wy * gy + wz * gz < 0.0), -1.0, 1.0)
             # the base colour: a checker (color1 where floor(u s) + floor(v s) is even) or the constant
-            if ti.static(checkers):
+            if ti.static(full):
                 uu, vv = VF(0.0), VF(0.0)
                 c1r, c1g, c1b, c2r, c2g, c2b, csc = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
                 for l in ti.static(range(LANES)):
@@ -482,7 +482,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 lig = ti.select(ok, eeg * inv_p, lig)
                 lib = ti.select(ok, eeb * inv_p, lib)
             dl = do_nee & is_delta
-            if ti.static(delta_lights):  # a point or directional light
+            if ti.static(full):  # a point or directional light
                 kind = VI(0)
                 pox, poy, poz, dix, diy, diz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(1.0)
                 pwr, pwg, pwb = VF(0.0), VF(0.0), VF(0.0)
