@@ -557,6 +557,19 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
 
 
 @ti.func
+def light_groups(params: ti.template()):
+    """From ``params``: the counts of emitter triangles and delta lights, whether there is an
+    environment, the number of light groups, the probability of picking each, the number of
+    groups the emitter triangles make (0 or 1), and next-event estimation's density for a
+    constant environment (uniform over the sphere, times the group's probability)."""
+    n_emit = ti.i32(params[4])
+    n_groups = ti.i32(params[7])
+    p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
+    return (n_emit, ti.i32(params[5]), ti.i32(params[6]), n_groups, p_group, 1 if n_emit > 0 else 0,
+            p_group / (4.0 * math.pi))
+
+
+@ti.func
 def radiance(o, d, fwd, near, far, state: ti.template(), max_depth, mode, pix, aov, depth_aov: ti.template(),
              normal_aov: ti.template(), albedo_aov: ti.template(), obj_aov: ti.template(), tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template(), tri_i: ti.template(),
              tri_pdf: ti.template(), node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(),
@@ -575,13 +588,7 @@ def radiance(o, d, fwd, near, far, state: ti.template(), max_depth, mode, pix, a
     distributed for a constant environment)."""
     env_rad = vec3(params[0], params[1], params[2])
     env_tex = ti.i32(params[3])
-    n_emit = ti.i32(params[4])
-    n_delta = ti.i32(params[5])
-    has_env = ti.i32(params[6])
-    n_groups = ti.i32(params[7])
-    p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
-    area_group = 1 if n_emit > 0 else 0
-    env_uniform_pdf = p_group / (4.0 * math.pi)  # NEE's density for a constant environment
+    n_emit, n_delta, has_env, n_groups, p_group, area_group, env_uniform_pdf = light_groups(params)
     env_w = 1
     env_h = 1
     if env_tex >= 0:

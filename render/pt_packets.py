@@ -25,7 +25,7 @@ import math
 import taichi as ti
 
 from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS, ND2F, NDF, NDI, NDI3, NDU, NDV2,
-                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, pcg_hash)
+                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, light_groups, pcg_hash)
 from .scene import FAR
 
 LANES = 8  # paths in lockstep per thread (8 x f32 = one AVX register)
@@ -167,6 +167,27 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), node_lo
 
 
 @ti.func
+def gather3(arr: ti.template(), idx):
+    """Records of three vec3 (arr[3 i], arr[3 i + 1], arr[3 i + 2]) of each lane's index i, as
+    nine lane vectors: x, y, z of the first, then of the second and of the third."""
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+    for l in ti.static(range(LANES)):
+        a0 = arr[3 * idx[l]]
+        a1 = arr[3 * idx[l] + 1]
+        a2 = arr[3 * idx[l] + 2]
+        x0[l] = a0.x
+        y0[l] = a0.y
+        z0[l] = a0.z
+        x1[l] = a1.x
+        y1[l] = a1.y
+        z1[l] = a1.z
+        x2[l] = a2.x
+        y2[l] = a2.y
+        z2[l] = a2.z
+    return x0, y0, z0, x1, y1, z1, x2, y2, z2
+
+
+@ti.func
 def find(cdf: ti.template(), n, u):
     """Per lane, the first index k < n with u <= cdf[k] (``pt_kernels.cdf_find``'s bin), by a
     binary search the lanes take in lockstep."""
@@ -199,13 +220,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
     env_r = params[0]
     env_g = params[1]
     env_b = params[2]
-    n_emit = ti.i32(params[4])
-    n_delta = ti.i32(params[5])
-    has_env = ti.i32(params[6])
-    n_groups = ti.i32(params[7])
-    p_group = 1.0 / ti.max(ti.f32(n_groups), 1.0)
-    area_group = 1 if n_emit > 0 else 0
-    env_uniform_pdf = p_group / (4.0 * math.pi)
+    n_emit, n_delta, has_env, n_groups, p_group, area_group, env_uniform_pdf = light_groups(params)
     for grp in range(views * per_view):
         v = grp // per_view
         pix0 = (grp % per_view) * GROUP
@@ -431,31 +446,19 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             pdf_l = VF(0.0)
             if picks.any():  # an emitter triangle picked by power, a point on it uniformly
                 pick = find(emit_cdf, n_emit, upick)
-                v0x, v0y, v0z = VF(0.0), VF(0.0), VF(0.0)
-                f1x, f1y, f1z, f2x, f2y, f2z = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+                ke = VI(0)
                 epdf, eer, eeg, eeb = VF(0.0), VF(0.0), VF(0.0), VF(0.0)
                 nlx, nly, nlz = VF(0.0), VF(0.0), VF(1.0)
                 for l in ti.static(range(LANES)):
-                    ke = emit_tri[pick[l]]
-                    a0 = tri_v[3 * ke]
-                    a1 = tri_v[3 * ke + 1]
-                    a2 = tri_v[3 * ke + 2]
-                    v0x[l] = a0.x
-                    v0y[l] = a0.y
-                    v0z[l] = a0.z
-                    f1x[l] = a1.x
-                    f1y[l] = a1.y
-                    f1z[l] = a1.z
-                    f2x[l] = a2.x
-                    f2y[l] = a2.y
-                    f2z[l] = a2.z
-                    nlx[l] = prec[ke, 0]
-                    nly[l] = prec[ke, 1]
-                    nlz[l] = prec[ke, 2]
-                    epdf[l] = prec[ke, 3]
-                    eer[l] = prec[ke, 7]
-                    eeg[l] = prec[ke, 8]
-                    eeb[l] = prec[ke, 9]
+                    ke[l] = emit_tri[pick[l]]
+                    nlx[l] = prec[ke[l], 0]
+                    nly[l] = prec[ke[l], 1]
+                    nlz[l] = prec[ke[l], 2]
+                    epdf[l] = prec[ke[l], 3]
+                    eer[l] = prec[ke[l], 7]
+                    eeg[l] = prec[ke[l], 8]
+                    eeb[l] = prec[ke[l], 9]
+                v0x, v0y, v0z, f1x, f1y, f1z, f2x, f2y, f2z = gather3(tri_v, ke)
                 su = ti.sqrt(ul1)
                 a = 1.0 - su
                 c = su * ul2
@@ -484,23 +487,10 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             dl = do_nee & is_delta
             if ti.static(full):  # a point or directional light
                 kind = VI(0)
-                pox, poy, poz, dix, diy, diz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(1.0)
-                pwr, pwg, pwb = VF(0.0), VF(0.0), VF(0.0)
+                li = ti.min(ti.max(g - area_group, 0), ti.max(n_delta - 1, 0))
                 for l in ti.static(range(LANES)):
-                    li = ti.min(ti.max(g[l] - area_group, 0), ti.max(n_delta - 1, 0))
-                    kind[l] = light_i[li]
-                    a0 = light_f[3 * li]
-                    a1 = light_f[3 * li + 1]
-                    a2 = light_f[3 * li + 2]
-                    pox[l] = a0.x
-                    poy[l] = a0.y
-                    poz[l] = a0.z
-                    dix[l] = a1.x
-                    diy[l] = a1.y
-                    diz[l] = a1.z
-                    pwr[l] = a2.x
-                    pwg[l] = a2.y
-                    pwb[l] = a2.z
+                    kind[l] = light_i[li[l]]
+                pox, poy, poz, dix, diy, diz, pwr, pwg, pwb = gather3(light_f, li)
                 point = dl & (kind == 0)
                 lx = pox - px
                 ly = poy - py
