@@ -1,6 +1,7 @@
 """The console script as a user runs it (a subprocess), plus in-process calls for speed."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -181,6 +182,20 @@ def test_a_warning_is_one_line(tmp_path):
     res = run("scene", "info", "d.toml", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip().splitlines() == ["warning: d.toml: objects[0]: dropped 1 degenerate triangle(s)"], res.stderr
+
+
+def test_scene_info_names_the_environment(tmp_path):
+    write_exr(tmp_path / "sky.exr", np.ones((4, 8, 3), np.float32))
+    (tmp_path / "e.toml").write_text(
+        '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n[materials.white]\ntype = "diffuse"\n'
+        '[[objects]]\nshape = "sphere"\nmaterial = "white"\n[environment]\nfile = "sky.exr"\nradiance = [2.0, 2.0, 2.0]\n')
+    res = subprocess.run([sys.executable, "-m", "trirender", "scene", "info", "e.toml"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "COLUMNS": "400"})  # one line per row
+    assert res.returncode == 0, res.stderr
+    row = next(line for line in res.stdout.splitlines() if "environment" in line)
+    assert f"map {(tmp_path / 'sky.exr').resolve()} times (2, 2, 2)" in row and "[" not in row, row  # not a Python list
+    res = run("scene", "info", "rooms_ring", cwd=tmp_path)
+    assert "constant radiance (0.3, 0.3, 0.3)" in res.stdout, res.stdout
 
 
 def test_outputs_never_overwrite_a_file_the_scene_reads(tmp_path):

@@ -121,7 +121,10 @@ def scene_info(scene: str = SceneArg, json_out: bool = typer.Option(False, "--js
     t.add_row("bounds", f"{info['bounds'][0]} .. {info['bounds'][1]}")
     t.add_row("materials", ", ".join(f"{k} ({v})" for k, v in info["materials"].items()))
     t.add_row("lights", ", ".join(info["lights"]) or "none")
-    t.add_row("environment", str(info["environment"]))
+    env = s.environment
+    rad = ", ".join(f"{x:g}" for x in env.radiance)
+    t.add_row("environment", (f"map {env.file} times ({rad})" if env.file else f"constant radiance ({rad})")
+              if any(env.radiance) else "none")
     for i, c in enumerate(info["cameras"]):
         t.add_row(f"camera {i}", f"at {c['position']} looking at {c['look_at']}, fov {c['fov']}°, {c['size'][0]}x{c['size'][1]}")
     out.print(t)
