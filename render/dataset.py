@@ -479,8 +479,10 @@ def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.pn
                           fontsize=5)
             if c == 0:
                 ax.set_ylabel(f"scene {r}", fontsize=6)
-    fig.suptitle(f"{out.name}: {m['family']}, {m['renderer']}, {m['image_size']}px, seed {m['seed']}", fontsize=8)
-    fig.tight_layout()
+    # the title 0.05 inch from the top and 0.3 inch kept for it, however many rows
+    fig.suptitle(f"{out.name}: {m['family']}, {m['renderer']}, {m['image_size']}px, seed {m['seed']}", fontsize=8,
+                 y=1.0 - 0.05 / (1.55 * rows), va="top")
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.3 / (1.55 * rows)))
     path = Path(path)
     save_figure(fig, path)
     return path
