@@ -32,9 +32,8 @@ import os
 import pickle
 import platform
 import re
-import signal
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from render.ctrl_c import ctrl_c_requests
 from render.image_io import atomic_path, write_json_atomic
 
 from .data import (GQNBatches, SceneViews, dataset_identity, identity_diff, images_kind, make_loader,
@@ -510,14 +510,9 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
         return float(psnr(pred, val["query_image"]).mean()), _grid(val["context_images"][:, 0], pred, val["query_image"])
 
     # Ctrl-C: finish the step, checkpoint, return. A second Ctrl-C interrupts at once.
-    stop = {"requested": False}
-    old_handler = None
-    if threading_main():
-        def on_sigint(signum, frame):
-            if stop["requested"]:
-                raise KeyboardInterrupt
-            stop["requested"] = True
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    stop = {"requested": False}  # set by the time limit too
+    ctrl_c = ExitStack()
+    presses = ctrl_c.enter_context(ctrl_c_requests())
 
     from tqdm import tqdm
 
@@ -551,7 +546,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                 res = fwd(x["context_images"], x["context_viewpoints"], x["query_image"], x["query_viewpoint"],
                           sigma_arg)
             loss = res["loss"]
-            bad, stop_now = _all_max([float(not torch.isfinite(loss).item()), float(stop["requested"])], dev, world)
+            bad, stop_now = _all_max([float(not torch.isfinite(loss).item()), float(stop["requested"] or bool(presses))], dev, world)
             if bad:
                 raise TrainingError(
                     f"non-finite loss at step {step + 1} (nll {res['nll'].item():.4g}, kl {res['kl'].item():.4g}, "
@@ -614,7 +609,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                 stop["requested"] = True  # every process has the same clock budget; MAX-reduced next step
                 if world == 1:
                     stop["time_limit"] = True
-            if stop_now or stop["requested"] and world == 1:
+            if stop_now or (stop["requested"] or presses) and world == 1:
                 interrupted = True
                 break
         if step >= total or interrupted:
@@ -627,8 +622,7 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
                 last["val_psnr"] = validate()[0]
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        ctrl_c.close()
         if writer:
             writer.close()
         if csv_file:
@@ -637,12 +631,6 @@ def train(data: str | Path, out: str | Path, config: GQNConfig | None = None, st
     return {"steps": step, "interrupted": interrupted and not stop.get("time_limit"),
             "time_limit_reached": bool(stop.get("time_limit")), "seconds": elapsed, **last,
             "val_held_out": val_held_out, "run_dir": str(out), "world_size": world}
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _autocast(dev: torch.device, amp: bool):

@@ -17,9 +17,7 @@ import contextlib
 import math
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import numpy as np
 
 from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
 from .camera import Camera
+from .ctrl_c import ctrl_c_requests
 from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
@@ -407,29 +406,6 @@ def _packet_scene(packed: dict) -> bool:
                 and packed["params"][3] < 0)
 
 
-@contextlib.contextmanager
-def _stop_on_ctrl_c(enabled: bool):
-    """A list that a Ctrl-C appends to while the block runs (enabled, in the main thread): the pass
-    loop stops after the pass in hand instead of losing it. A second Ctrl-C raises KeyboardInterrupt
-    as usual."""
-    stop: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum, frame):
-        stop.append(signum)
-        if len(stop) > 1:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _pass_schedule(spp: int):
     """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp.
     A generator: a huge spp under a time budget must not build its whole list first."""
@@ -582,7 +558,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     done = 0
     first_pass_seconds = None
     last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
-    with _stop_on_ctrl_c(interruptible) as stop:
+    with ctrl_c_requests(interruptible) as stop:
         for n in _pass_schedule(spp):
             if stop and done > 0:  # Ctrl-C: keep the passes done
                 break

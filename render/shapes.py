@@ -12,9 +12,10 @@ import functools
 import math
 import signal
 import sys
-import threading
 
 import numpy as np
+
+from .ctrl_c import ctrl_c_requests
 
 Soup = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -73,21 +74,14 @@ def import_trimesh():
     KeyboardInterrupt arriving during them would be swallowed and the command would run on as if
     never interrupted; a held Ctrl-C is delivered once the import is done. (Imported lazily:
     trimesh and scipy cost ~1 s and most scenes need neither.)"""
-    if "trimesh" in sys.modules or threading.current_thread() is not threading.main_thread():
+    if "trimesh" in sys.modules:
         import trimesh
 
         return trimesh
-    held = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
+    with ctrl_c_requests(second_raises=False) as presses:
         import trimesh
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        if callable(previous):
-            previous(signal.SIGINT, held[0])
-        elif previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+    if presses:
+        signal.raise_signal(signal.SIGINT)  # to whatever handler is in place again
     return trimesh
 
 
