@@ -538,6 +538,13 @@ def bsdf_sample(mtype, base, alpha, ior, entering, wo, u1, u2, u3):
 
 # --- surface interaction --------------------------------------------------------------------------
 @ti.func
+def corners(arr: ti.template(), k, b1, b2):
+    """The value at barycentrics (b1, b2) of triangle k's corner values arr[3k], arr[3k + 1], arr[3k + 2]
+    (normals, uvs)."""
+    return (1.0 - b1 - b2) * arr[3 * k] + b1 * arr[3 * k + 1] + b2 * arr[3 * k + 2]
+
+
+@ti.func
 def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_uv: ti.template()):
     """Hit point p, unit geometric normal ng (front face, unflipped), interpolated shading normal
     ns (unflipped) and uv of triangle k at barycentrics (b1, b2)."""
@@ -545,15 +552,13 @@ def surface(o, d, t, k, b1, b2, tri_v: ti.template(), tri_n: ti.template(), tri_
     e2 = tri_v[3 * k + 2]
     p = o + t * d
     ng = e1.cross(e2).normalized()
-    b0 = 1.0 - b1 - b2
-    ns = b0 * tri_n[3 * k] + b1 * tri_n[3 * k + 1] + b2 * tri_n[3 * k + 2]
+    ns = corners(tri_n, k, b1, b2)
     nl = ns.norm()
     if nl > 0.0:
         ns = ns / nl
     else:
         ns = ng
-    uv = b0 * tri_uv[3 * k] + b1 * tri_uv[3 * k + 1] + b2 * tri_uv[3 * k + 2]
-    return p, ng, ns, uv
+    return p, ng, ns, corners(tri_uv, k, b1, b2)
 
 
 @ti.func

@@ -25,7 +25,7 @@ import math
 import taichi as ti
 
 from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS, ND2F, NDF, NDI, NDI3, NDU, NDV2,
-                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, light_groups, pcg_hash)
+                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, corners, light_groups, pcg_hash)
 from .scene import FAR
 
 LANES = 8  # paths in lockstep per thread (8 x f32 = one AVX register)
@@ -164,6 +164,15 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), node_lo
                 nxt = -1
         node = nxt
     return best_t, best, bu, bv
+
+
+@ti.func
+def column(arr: ti.template(), idx, c: ti.template()):
+    """arr[idx[l], c] for each lane l: one field of each lane's record."""
+    out = VF(0.0)
+    for l in ti.static(range(LANES)):
+        out[l] = arr[idx[l], c]
+    return out
 
 
 @ti.func
@@ -317,28 +326,14 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             found = alive & (k >= 0)
             hit = found & (aov == 0)
             # the hit triangle's record (see render.pathtracer._packet_records), lane by lane
-            gx, gy, gz, tpdf = VF(0.0), VF(0.0), VF(1.0), VF(0.0)
-            car, cag, cab = VF(0.0), VF(0.0), VF(0.0)
-            ler, leg, leb = VF(0.0), VF(0.0), VF(0.0)
-            mtype, two, chk, oid, smooth, mat = VI(0), VF(0.0), VI(0), VI(-1), VI(0), VI(0)
-            for l in ti.static(range(LANES)):
-                kl = ti.max(k[l], 0)
-                gx[l] = prec[kl, 0]
-                gy[l] = prec[kl, 1]
-                gz[l] = prec[kl, 2]
-                tpdf[l] = prec[kl, 3]
-                car[l] = prec[kl, 4]
-                cag[l] = prec[kl, 5]
-                cab[l] = prec[kl, 6]
-                ler[l] = prec[kl, 7]
-                leg[l] = prec[kl, 8]
-                leb[l] = prec[kl, 9]
-                mtype[l] = ti.cast(prec[kl, 10], ti.i32)
-                two[l] = prec[kl, 11]
-                chk[l] = ti.cast(prec[kl, 12], ti.i32)
-                oid[l] = ti.cast(prec[kl, 13], ti.i32)
-                smooth[l] = ti.cast(prec[kl, 14], ti.i32)
-                mat[l] = ti.cast(prec[kl, 15], ti.i32)
+            kk = ti.max(k, 0)
+            gx, gy, gz, tpdf = column(prec, kk, 0), column(prec, kk, 1), column(prec, kk, 2), column(prec, kk, 3)
+            car, cag, cab = column(prec, kk, 4), column(prec, kk, 5), column(prec, kk, 6)
+            ler, leg, leb = column(prec, kk, 7), column(prec, kk, 8), column(prec, kk, 9)
+            mtype, two = ti.cast(column(prec, kk, 10), ti.i32), column(prec, kk, 11)
+            chk = ti.cast(column(prec, kk, 12), ti.i32)
+            oid, smooth, mat = (ti.cast(column(prec, kk, 13), ti.i32), ti.cast(column(prec, kk, 14), ti.i32),
+                                ti.cast(column(prec, kk, 15), ti.i32))
             px = ox + t * dx
             py = oy + t * dy
             pz = oz + t * dz
@@ -349,12 +344,8 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             if ti.static(full):
                 ix, iy, iz, wx, wy, wz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
                 for l in ti.static(range(LANES)):
-                    kl = ti.max(k[l], 0)
-                    n0 = tri_n[3 * kl]
-                    n1 = tri_n[3 * kl + 1]
-                    n2 = tri_n[3 * kl + 2]
-                    ns = (1.0 - b1[l] - b2[l]) * n0 + b1[l] * n1 + b2[l] * n2
-                    nw = n0 + n1 + n2
+                    ns = corners(tri_n, kk[l], b1[l], b2[l])
+                    nw = tri_n[3 * kk[l]] + tri_n[3 * kk[l] + 1] + tri_n[3 * kk[l] + 2]
                     ix[l] = ns.x
                     iy[l] = ns.y
                     iz[l] = ns.z
@@ -372,21 +363,13 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             # the base colour: a checker (color1 where floor(u s) + floor(v s) is even) or the constant
             if ti.static(full):
                 uu, vv = VF(0.0), VF(0.0)
-                c1r, c1g, c1b, c2r, c2g, c2b, csc = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
                 for l in ti.static(range(LANES)):
-                    kl = ti.max(k[l], 0)
-                    c0 = 1.0 - b1[l] - b2[l]
-                    uv = c0 * tri_uv[3 * kl] + b1[l] * tri_uv[3 * kl + 1] + b2[l] * tri_uv[3 * kl + 2]
+                    uv = corners(tri_uv, kk[l], b1[l], b2[l])
                     uu[l] = uv.x
                     vv[l] = uv.y
-                    m = mat[l]
-                    c1r[l] = mat_f[m, 6]
-                    c1g[l] = mat_f[m, 7]
-                    c1b[l] = mat_f[m, 8]
-                    c2r[l] = mat_f[m, 9]
-                    c2g[l] = mat_f[m, 10]
-                    c2b[l] = mat_f[m, 11]
-                    csc[l] = mat_f[m, 14]
+                c1r, c1g, c1b = column(mat_f, mat, 6), column(mat_f, mat, 7), column(mat_f, mat, 8)
+                c2r, c2g, c2b = column(mat_f, mat, 9), column(mat_f, mat, 10), column(mat_f, mat, 11)
+                csc = column(mat_f, mat, 14)
                 parity = (ti.cast(ti.floor(uu * csc), ti.i32) + ti.cast(ti.floor(vv * csc), ti.i32)) & 1
                 use1 = (chk != 0) & (parity == 0)
                 use2 = (chk != 0) & (parity != 0)
@@ -447,17 +430,10 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             if picks.any():  # an emitter triangle picked by power, a point on it uniformly
                 pick = find(emit_cdf, n_emit, upick)
                 ke = VI(0)
-                epdf, eer, eeg, eeb = VF(0.0), VF(0.0), VF(0.0), VF(0.0)
-                nlx, nly, nlz = VF(0.0), VF(0.0), VF(1.0)
                 for l in ti.static(range(LANES)):
                     ke[l] = emit_tri[pick[l]]
-                    nlx[l] = prec[ke[l], 0]
-                    nly[l] = prec[ke[l], 1]
-                    nlz[l] = prec[ke[l], 2]
-                    epdf[l] = prec[ke[l], 3]
-                    eer[l] = prec[ke[l], 7]
-                    eeg[l] = prec[ke[l], 8]
-                    eeb[l] = prec[ke[l], 9]
+                nlx, nly, nlz, epdf = column(prec, ke, 0), column(prec, ke, 1), column(prec, ke, 2), column(prec, ke, 3)
+                eer, eeg, eeb = column(prec, ke, 7), column(prec, ke, 8), column(prec, ke, 9)
                 v0x, v0y, v0z, f1x, f1y, f1z, f2x, f2y, f2z = gather3(tri_v, ke)
                 su = ti.sqrt(ul1)
                 a = 1.0 - su
