@@ -49,7 +49,8 @@ OURS_CHILD = textwrap.dedent("""
         render.pathtracer.CPU_PACKETS = False
     out = []
     for r in range(args["repeats"]):
-        f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
+        f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"],
+                             interruptible=args.get("interruptible", False))
         m = dict(f.meta)
         m["process_to_call_seconds"] = t_call
         out.append(m)
@@ -216,8 +217,8 @@ def main(argv=None) -> dict:
     cache = tmp / "ti_cache"
     env = {"TI_OFFLINE_CACHE_FILE_PATH": str(cache)}
     starts = {}
-    for name in ("cold", "warm"):
-        m = _run_child(OURS_CHILD, {**base, "repeats": 1}, env)[0]
+    for name in ("cold", "warm"):  # in progressive passes, as `trirender render` renders (interruptible)
+        m = _run_child(OURS_CHILD, {**base, "repeats": 1, "interruptible": True}, env)[0]
         starts[name] = {"compile_seconds": m["compile_seconds"],
                         "time_to_first_pass_seconds": m["process_to_call_seconds"] + m["first_pass_seconds"],
                         "first_pass_in_call_seconds": m["first_pass_seconds"]}

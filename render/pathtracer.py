@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
+from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, MAX_LEAF, STACK_SIZE, build_bvh
 from .camera import Camera
 from .ctrl_c import ctrl_c_requests
 from .errors import RenderError
@@ -41,11 +41,17 @@ STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS
 # 100k-triangle mesh stayed within 2 % (four interleaved rounds on the idle 2-core machine): on
 # small scenes a node visit (two box tests, a stack push, branches) costs more than the SAH assumed.
 LEAF_MAX = 3 * BLOCK
+# The packet kernel (render.pt_packets) tests a leaf's triangles one by one, each against all its
+# lanes, so its tree has leaves of one-by-one triangles priced as such by the SAH. Up to 8 per leaf:
+# on the SIMD-block tree above it traced 3.19 M paths/s on rooms_ring views and 3.29 on the Cornell
+# box; on leaves of at most 8 one-by-one triangles 3.47 and 3.44, at most 4 3.42 and 3.30 (medians
+# of 3 and 5 alternating rounds, 2-core Xeon).
+PACKET_LEAF_MAX = 8
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None}
-_packed_cache: "weakref.WeakKeyDictionary[Scene, dict[bool, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
+_packed_cache: "weakref.WeakKeyDictionary[Scene, dict[tuple, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
 
 
 # --- backend ---------------------------------------------------------------------------------------
@@ -203,17 +209,19 @@ def emitter_cdf(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cdf, np.diff(upto, prepend=0.0) / RAND_LEVELS
 
 
-def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
+def _pack(scene: Scene, simd: bool = True, max_leaf: int = MAX_LEAF) -> dict[str, np.ndarray]:
     """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order),
-    with SIMD leaf blocks or one-by-one leaves (``_simd_leaves``)."""
-    cached = _packed_cache.setdefault(scene, {}).get(simd)
+    with SIMD leaf blocks (``_simd_leaves``) or leaves of up to ``max_leaf`` triangles tested one by
+    one (a GPU's render_pass: render.bvh.MAX_LEAF; the packet kernel: PACKET_LEAF_MAX)."""
+    layout = (True, LEAF_MAX) if simd else (False, int(max_leaf))
+    cached = _packed_cache.setdefault(scene, {}).get(layout)
     if cached is not None:
         return cached
     t0 = time.perf_counter()
     if simd:
         bvh = build_bvh(scene.positions, max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST)
     else:
-        bvh = build_bvh(scene.positions)
+        bvh = build_bvh(scene.positions, max_leaf=int(max_leaf))
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
     pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
@@ -303,7 +311,7 @@ def _pack(scene: Scene, simd: bool = True) -> dict[str, np.ndarray]:
     if len(tri_blk) > MAX_BLOCKS:
         raise RenderError(f"{scene.num_triangles} triangles make {len(tri_blk)} BVH leaf blocks; the path "
                           f"tracer handles at most {MAX_BLOCKS}")
-    _packed_cache[scene][simd] = packed
+    _packed_cache[scene][layout] = packed
     return packed
 
 
@@ -398,12 +406,14 @@ def _packet_records(packed: dict) -> np.ndarray:
     return packed["packet_records"]
 
 
-def _packet_scene(packed: dict) -> bool:
-    """Whether render.pt_packets covers a packed scene: diffuse and emitter materials without image
-    textures (checkers are fine), and no environment map (a constant environment is fine)."""
-    mat_i = packed["mat_i"]
-    return bool(np.isin(mat_i[:, 0], (DIFFUSE, EMITTER)).all() and (mat_i[:, 1] < 0).all()
-                and packed["params"][3] < 0)
+def _packet_scene(scene: Scene) -> bool:
+    """Whether render.pt_packets covers a scene: diffuse and emitter materials without image
+    textures (checkers are fine), and no environment map (a constant environment is fine: _pack
+    packs an image only when the radiance is above 0)."""
+    mats = scene.material_arrays()
+    env = scene.environment
+    env_map = env.image is not None and float(np.max(env.radiance)) > 0.0
+    return bool(np.isin(mats["type"], (DIFFUSE, EMITTER)).all() and (mats["texture"] < 0).all() and not env_map)
 
 
 def _pass_schedule(spp: int):
@@ -428,8 +438,12 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     max_depth: path segments, as Mitsuba's ``path``: 0 = black (the AOVs are still written),
         1 = emitters seen directly, 2 = + direct light, -1 = unbounded (Russian roulette ends
         paths; it starts at depth 5 in every case).
-    seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend): the same
-        seed gives the same image bit for bit, whatever the thread count or time budget split.
+    seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend) and of the
+        passes it renders in: the same call gives the same image bit for bit, whatever the thread
+        count. Passes are 1, 1, 2, 4, 8, 16, 16, ... samples per pixel, except on the CPU with no
+        progress bar, time budget or Ctrl-C handling, where one pass takes every sample (faster);
+        a pixel's samples are then summed in another order, so the two agree to float rounding,
+        not bit for bit. A time budget renders a prefix of the passes' sample sequence.
     backend: "cpu", "gpu" (CUDA) or "auto" (CUDA if present, else CPU).
     time_budget: seconds of wall time from the call (scene packing, BVH build and kernel compile or
         cache load included: the budget is the caller's wait); passes stop at the last whole pass
@@ -441,8 +455,8 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
         KeyboardInterrupt as usual. For the command line, which writes what was rendered.
 
     Returns a Frame: rgb (H, W, 3) float32 linear radiance, AOVs from the first hit through each
-    pixel centre, and ``meta`` with renderer, settings, backend, device, paths_per_second,
-    compile_seconds and render_seconds.
+    pixel centre, and ``meta`` with renderer, settings, backend, device, kernel, passes,
+    paths_per_second, compile_seconds and render_seconds.
     """
     camera = scene.camera if camera is None else camera
     return pathtrace_views(scene, [camera], spp=spp, max_depth=max_depth, seeds=[seed], backend=backend,
@@ -487,9 +501,11 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     t_start = time.perf_counter()
     used, device = init_backend(backend)
     k = _state["kernels"]
+    packets = used == "cpu" and CPU_PACKETS and _packet_scene(scene)
+    simd = _simd_leaves(used) and not packets
     with notice_if_slow(f"building the BVH over {scene.num_triangles} triangles (a first run also compiles its "
                         "numba code, cached afterwards)", after=2.0 if progress else None):
-        packed = _pack(scene, simd := _simd_leaves(used))
+        packed = _pack(scene, simd, PACKET_LEAF_MAX if packets else MAX_LEAF)
     dev = _device_arrays(packed, used)
     params = packed["params"]
     W, H = cameras[0].width, cameras[0].height
@@ -524,7 +540,6 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     mode = STRATEGIES[strategy]
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
-    packets = used == "cpu" and CPU_PACKETS and _packet_scene(packed)
     if packets:
         from .pt_packets import render_pass_packets
 
@@ -555,11 +570,16 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
         what = f"path {W}x{H}" + (f" x{V} views" if V > 1 else "")
         bar = tqdm(total=spp, unit="spp", desc=f"{what} {used}", leave=False)
-    done = 0
+    done = passes = 0
     first_pass_seconds = None
     last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
+    # Passes let a progress bar, a time budget or Ctrl-C act between them. With none of those on the
+    # CPU one pass takes every sample: each pass ends in a sync, and a packet thread's lanes run idle
+    # at the tail of its queue once per pass (rooms_ring views: 3.60 M paths/s in one pass of 64 spp,
+    # 3.42 in the 1, 1, 2, 4, 8, 16, ... schedule; median of 4 alternating rounds, 2-core Xeon).
+    quiet = used == "cpu" and not progress and time_budget is None and not interruptible
     with ctrl_c_requests(interruptible) as stop:
-        for n in _pass_schedule(spp):
+        for n in ([int(spp)] if quiet else _pass_schedule(spp)):
             if stop and done > 0:  # Ctrl-C: keep the passes done
                 break
             if time_budget is not None and last is not None:
@@ -574,6 +594,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
             if first_pass_seconds is None:
                 first_pass_seconds = time.perf_counter() - t_start
             done += n
+            passes += 1
             if bar is not None:
                 bar.update(n)
     if bar is not None:
@@ -583,7 +604,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     acc, depth_arr, normal_arr, albedo_arr, obj_arr = map(host, (accum, depth_arr, normal_arr, albedo_arr, obj_arr))
     rgb = (acc / np.float32(done)).reshape(V, H, W, 3).astype(np.float32)
     meta = {
-        "renderer": "path", "spp": done, "spp_requested": int(spp), "max_depth": max_d,
+        "renderer": "path", "spp": done, "spp_requested": int(spp), "passes": passes, "max_depth": max_d,
         "strategy": strategy, "backend": used, "device": device, "kernel": "packet" if packets else "path",
         "width": W, "height": H, "views": V,
         "paths_per_second": V * W * H * done / max(render_seconds, 1e-9),

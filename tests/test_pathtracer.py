@@ -396,6 +396,20 @@ def test_same_seed_identical_different_seed_same_mean():
     np.testing.assert_array_equal(d.rgb, e.rgb)
 
 
+def test_a_quiet_cpu_render_takes_one_pass_and_agrees_with_passes():
+    # Without a progress bar, time budget or Ctrl-C handling the CPU takes every sample in one pass;
+    # the same samples, summed per pixel in another order: equal to float rounding
+    scene = render.cornell_box(width=32, height=32)
+    quiet = trace(scene, spp=24, seed=5)
+    passes = trace(scene, spp=24, seed=5, interruptible=True)
+    assert (quiet.meta["passes"], passes.meta["passes"]) == (1, 6)  # 1, 1, 2, 4, 8, 8
+    assert quiet.meta["spp"] == passes.meta["spp"] == 24
+    np.testing.assert_allclose(quiet.rgb, passes.rgb, rtol=1e-5, atol=1e-7)
+    assert quiet.rgb.mean() > 0.05
+    np.testing.assert_array_equal(quiet.depth, passes.depth)
+    np.testing.assert_array_equal(quiet.object_id, passes.object_id)
+
+
 def test_same_image_with_one_thread(tmp_path):
     # The random stream belongs to (seed, pixel, sample), not to a thread: one worker thread gives
     # the very same image as all of them.
@@ -751,7 +765,8 @@ def test_one_by_one_leaves_render_the_simd_image(monkeypatch):
     assert simd.meta["kernel"] == "path"
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: False)
     one = trace(scene, spp=4)
-    assert pt._packed_cache[scene][False]["bvh_nodes"] != pt._packed_cache[scene][True]["bvh_nodes"]
+    layouts = pt._packed_cache[scene]
+    assert layouts[(False, pt.MAX_LEAF)]["bvh_nodes"] != layouts[(True, pt.LEAF_MAX)]["bvh_nodes"]
     np.testing.assert_allclose(one.rgb, simd.rgb, rtol=0, atol=1e-6)
     # the AOVs come from pixel-centre rays, some of which meet an edge between two walls exactly (a tie)
     same = one.object_id == simd.object_id
@@ -934,8 +949,16 @@ def test_packet_kernel_renders_the_one_path_kernels_image(monkeypatch, strategy,
 
 
 def test_packet_kernel_on_the_cornell_box_and_where_it_does_not_apply(monkeypatch):
-    packet, path = both_kernels(monkeypatch, render.cornell_box(width=32, height=32), spp=16)
+    box = render.cornell_box(width=32, height=32)
+    packet, path = both_kernels(monkeypatch, box, spp=16)
     np.testing.assert_allclose(packet.rgb, path.rgb, rtol=1e-3, atol=1e-4)
+    # each kernel traverses its own tree: SIMD blocks of up to 3 x 8 triangles for the one-path
+    # kernel, leaves of up to PACKET_LEAF_MAX triangles tested one by one for the packet kernel
+    trees = pt._packed_cache[box]
+    packet_leaves = trees[(False, pt.PACKET_LEAF_MAX)]["node_i"]
+    assert 1 < packet_leaves[packet_leaves[:, 1] > 0, 1].max() <= pt.PACKET_LEAF_MAX
+    block_leaves = trees[(True, pt.LEAF_MAX)]["node_i"]
+    assert block_leaves[block_leaves[:, 1] > 0, 1].max() > pt.PACKET_LEAF_MAX
     # metal, glass, image textures and environment maps run in the one-path kernel
     monkeypatch.setattr(pt, "CPU_PACKETS", True)
     d = render.cornell_box(width=8, height=8)
