@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, MAX_LEAF, STACK_SIZE, build_bvh
+from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
 from .camera import Camera
 from .ctrl_c import ctrl_c_requests
 from .errors import RenderError
@@ -41,17 +41,28 @@ STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS
 # 100k-triangle mesh stayed within 2 % (four interleaved rounds on the idle 2-core machine): on
 # small scenes a node visit (two box tests, a stack push, branches) costs more than the SAH assumed.
 LEAF_MAX = 3 * BLOCK
-# The packet kernel (render.pt_packets) tests a leaf's triangles one by one, each against all its
-# lanes, so its tree has leaves of one-by-one triangles priced as such by the SAH. Up to 8 per leaf:
-# on the SIMD-block tree above it traced 3.19 M paths/s on rooms_ring views and 3.29 on the Cornell
-# box; on leaves of at most 8 one-by-one triangles 3.47 and 3.44, at most 4 3.42 and 3.30 (medians
-# of 3 and 5 alternating rounds, 2-core Xeon).
-PACKET_LEAF_MAX = 8
+# The packet kernel (render.pt_packets) tests a leaf's triangles one at a time, each against all its
+# lanes, so it has a tree of its own: leaves of up to PACKET_LEAF_MAX triangles, the SAH pricing a
+# triangle test at PACKET_TRI_COST node visits (a packet's visit reduces its lanes' box tests to one
+# branch and pushes a node: dearer than one test). Medians of 4 alternating rounds, 2-core Xeon,
+# M paths/s, block tree -> (16, 0.5): rooms_ring views 3.27 -> 3.48, shepard_metzler views
+# 16.6 -> 17.8, the Cornell box 3.50 -> 3.63, the 328k-triangle mesh 0.52 -> 0.49 (noisy: 0.43-0.53
+# per round). (8, 1.0): 3.48, -, 3.53, 0.43; (16, 0.25): 3.40, 17.3, 3.61, 0.48.
+PACKET_LEAF_MAX = 16
+PACKET_TRI_COST = 0.5
+
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None}
-_packed_cache: "weakref.WeakKeyDictionary[Scene, dict[tuple, dict]]" = weakref.WeakKeyDictionary()  # by leaf layout
+_packed_cache: "weakref.WeakKeyDictionary[Scene, dict[str, dict]]" = weakref.WeakKeyDictionary()  # by layout
+
+
+def _layout_args(layout: str) -> dict:
+    """render.bvh.build_bvh's keyword arguments for the tree of each kernel (_pack's layouts)."""
+    return {"blocks": dict(max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST),  # one-path kernel, CPU
+            "single": dict(),  # the one-path kernel on a GPU: render.bvh's small leaves, one by one
+            "packets": dict(max_leaf=PACKET_LEAF_MAX, width=1, block_cost=PACKET_TRI_COST)}[layout]
 
 
 # --- backend ---------------------------------------------------------------------------------------
@@ -209,19 +220,16 @@ def emitter_cdf(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cdf, np.diff(upto, prepend=0.0) / RAND_LEVELS
 
 
-def _pack(scene: Scene, simd: bool = True, max_leaf: int = MAX_LEAF) -> dict[str, np.ndarray]:
+def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, np.ndarray]:
     """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order),
-    with SIMD leaf blocks (``_simd_leaves``) or leaves of up to ``max_leaf`` triangles tested one by
-    one (a GPU's render_pass: render.bvh.MAX_LEAF; the packet kernel: PACKET_LEAF_MAX)."""
-    layout = (True, LEAF_MAX) if simd else (False, int(max_leaf))
+    with SIMD leaf blocks (``_simd_leaves``) or leaves tested one by one, in the tree of the
+    one-path kernel on a GPU or, with ``packets``, of the packet kernel (``_layout_args``)."""
+    layout = "blocks" if simd else "packets" if packets else "single"
     cached = _packed_cache.setdefault(scene, {}).get(layout)
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    if simd:
-        bvh = build_bvh(scene.positions, max_leaf=LEAF_MAX, width=BLOCK, block_cost=BLOCK_COST)
-    else:
-        bvh = build_bvh(scene.positions, max_leaf=int(max_leaf))
+    bvh = build_bvh(scene.positions, **_layout_args(layout))
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
     pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
@@ -505,7 +513,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     simd = _simd_leaves(used) and not packets
     with notice_if_slow(f"building the BVH over {scene.num_triangles} triangles (a first run also compiles its "
                         "numba code, cached afterwards)", after=2.0 if progress else None):
-        packed = _pack(scene, simd, PACKET_LEAF_MAX if packets else MAX_LEAF)
+        packed = _pack(scene, simd, packets)
     dev = _device_arrays(packed, used)
     params = packed["params"]
     W, H = cameras[0].width, cameras[0].height

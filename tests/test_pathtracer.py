@@ -766,7 +766,7 @@ def test_one_by_one_leaves_render_the_simd_image(monkeypatch):
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: False)
     one = trace(scene, spp=4)
     layouts = pt._packed_cache[scene]
-    assert layouts[(False, pt.MAX_LEAF)]["bvh_nodes"] != layouts[(True, pt.LEAF_MAX)]["bvh_nodes"]
+    assert layouts["single"]["bvh_nodes"] != layouts["blocks"]["bvh_nodes"]
     np.testing.assert_allclose(one.rgb, simd.rgb, rtol=0, atol=1e-6)
     # the AOVs come from pixel-centre rays, some of which meet an edge between two walls exactly (a tie)
     same = one.object_id == simd.object_id
@@ -955,10 +955,9 @@ def test_packet_kernel_on_the_cornell_box_and_where_it_does_not_apply(monkeypatc
     # each kernel traverses its own tree: SIMD blocks of up to 3 x 8 triangles for the one-path
     # kernel, leaves of up to PACKET_LEAF_MAX triangles tested one by one for the packet kernel
     trees = pt._packed_cache[box]
-    packet_leaves = trees[(False, pt.PACKET_LEAF_MAX)]["node_i"]
+    assert trees["packets"]["bvh_nodes"] != trees["blocks"]["bvh_nodes"]
+    packet_leaves = trees["packets"]["node_i"]
     assert 1 < packet_leaves[packet_leaves[:, 1] > 0, 1].max() <= pt.PACKET_LEAF_MAX
-    block_leaves = trees[(True, pt.LEAF_MAX)]["node_i"]
-    assert block_leaves[block_leaves[:, 1] > 0, 1].max() > pt.PACKET_LEAF_MAX
     # metal, glass, image textures and environment maps run in the one-path kernel
     monkeypatch.setattr(pt, "CPU_PACKETS", True)
     d = render.cornell_box(width=8, height=8)
