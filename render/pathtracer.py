@@ -52,6 +52,10 @@ PACKET_LEAF_MAX = 16
 PACKET_TRI_COST = 0.5
 
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
+# A quiet CPU render's passes (_quiet_schedule): up to this many paths per view (~1 s on a 2-core
+# machine), so that one pass takes all of a dataset view's or the Cornell bench's samples while a
+# Ctrl-C (honoured between passes: a launch cannot be stopped) still acts within about a second
+QUIET_PASS_PATHS = 2**22
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
 _state: dict[str, Any] = {"backend": None, "device": None, "kernels": None}
@@ -437,6 +441,18 @@ def _pass_schedule(spp: int):
             size = min(size * 2, MAX_PASS_SPP)
 
 
+def _quiet_schedule(spp: int, pixels: int):
+    """Samples per pass of a quiet CPU render (no progress bar, time budget or Ctrl-C handling) of
+    views of ``pixels`` pixels: as many as QUIET_PASS_PATHS paths per view allow, at least
+    MAX_PASS_SPP; a function of the view's settings, not of how many views share the launches."""
+    size = max(MAX_PASS_SPP, QUIET_PASS_PATHS // max(pixels, 1))
+    total = 0
+    while total < spp:
+        n = min(size, spp - total)
+        yield n
+        total += n
+
+
 def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth: int = 8, seed: int = 0,
               backend: str = "auto", time_budget: float | None = None, progress: bool = False,
               strategy: str = "mis", interruptible: bool = False) -> Frame:
@@ -449,9 +465,10 @@ def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth
     seed: the image is a pure function of (scene, camera, spp, max_depth, seed, backend) and of the
         passes it renders in: the same call gives the same image bit for bit, whatever the thread
         count. Passes are 1, 1, 2, 4, 8, 16, 16, ... samples per pixel, except on the CPU with no
-        progress bar, time budget or Ctrl-C handling, where one pass takes every sample (faster);
-        a pixel's samples are then summed in another order, so the two agree to float rounding,
-        not bit for bit. A time budget renders a prefix of the passes' sample sequence.
+        progress bar, time budget or Ctrl-C handling, where they are as big as 2**22 paths per
+        view allow (faster; one pass up to 64 spp at 256 x 256); a pixel's samples are then summed
+        in another order, so the two agree to float rounding, not bit for bit. A time budget
+        renders a prefix of the passes' sample sequence.
     backend: "cpu", "gpu" (CUDA) or "auto" (CUDA if present, else CPU).
     time_budget: seconds of wall time from the call (scene packing, BVH build and kernel compile or
         cache load included: the budget is the caller's wait); passes stop at the last whole pass
@@ -582,12 +599,13 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     first_pass_seconds = None
     last = None  # (samples, seconds) of the latest pass: predicts the next one under a time budget
     # Passes let a progress bar, a time budget or Ctrl-C act between them. With none of those on the
-    # CPU one pass takes every sample: each pass ends in a sync, and a packet thread's lanes run idle
-    # at the tail of its queue once per pass (rooms_ring views: 3.60 M paths/s in one pass of 64 spp,
-    # 3.42 in the 1, 1, 2, 4, 8, 16, ... schedule; median of 4 alternating rounds, 2-core Xeon).
+    # CPU the passes are as big as _quiet_schedule allows (one for a dataset's views): each pass ends
+    # in a sync, and a packet thread's lanes run idle at the tail of its queue once per pass
+    # (rooms_ring views: 3.60 M paths/s in one pass of 64 spp, 3.42 in the 1, 1, 2, 4, 8, 16, ...
+    # schedule; median of 4 alternating rounds, 2-core Xeon).
     quiet = used == "cpu" and not progress and time_budget is None and not interruptible
     with ctrl_c_requests(interruptible) as stop:
-        for n in ([int(spp)] if quiet else _pass_schedule(spp)):
+        for n in (_quiet_schedule(spp, W * H) if quiet else _pass_schedule(spp)):
             if stop and done > 0:  # Ctrl-C: keep the passes done
                 break
             if time_budget is not None and last is not None:

@@ -408,6 +408,11 @@ def test_a_quiet_cpu_render_takes_one_pass_and_agrees_with_passes():
     assert quiet.rgb.mean() > 0.05
     np.testing.assert_array_equal(quiet.depth, passes.depth)
     np.testing.assert_array_equal(quiet.object_id, passes.object_id)
+    # big renders still stop for a Ctrl-C now and then: passes of at most 2**22 paths per view,
+    # whatever the number of views in the launch
+    assert list(pt._quiet_schedule(100, 512 * 512)) == [16] * 6 + [4]
+    assert list(pt._quiet_schedule(1000, 256 * 256)) == [64] * 15 + [40]
+    assert list(pt._quiet_schedule(64, 64 * 64)) == [64]
 
 
 def test_same_image_with_one_thread(tmp_path):
