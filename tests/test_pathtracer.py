@@ -397,8 +397,8 @@ def test_same_seed_identical_different_seed_same_mean():
 
 
 def test_a_quiet_cpu_render_takes_one_pass_and_agrees_with_passes():
-    # Without a progress bar, time budget or Ctrl-C handling the CPU takes every sample in one pass;
-    # the same samples, summed per pixel in another order: equal to float rounding
+    # Without a progress bar, time budget or Ctrl-C handling the CPU takes a small view's samples in
+    # one pass; the same samples, summed per pixel in another order: equal to float rounding
     scene = render.cornell_box(width=32, height=32)
     quiet = trace(scene, spp=24, seed=5)
     passes = trace(scene, spp=24, seed=5, interruptible=True)
