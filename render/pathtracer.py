@@ -52,9 +52,10 @@ PACKET_LEAF_MAX = 16
 PACKET_TRI_COST = 0.5
 
 MAX_PASS_SPP = 16  # samples per pixel of one pass once the first passes have shown the speed
-# A quiet CPU render's passes (_quiet_schedule): up to this many paths per view (~1 s on a 2-core
-# machine), so that one pass takes all of a dataset view's or the Cornell bench's samples while a
-# Ctrl-C (honoured between passes: a launch cannot be stopped) still acts within about a second
+# A quiet CPU render's passes (_quiet_schedule): up to this many paths per view (~1 s of the packet
+# kernel on the Cornell box on a 2-core machine), so that one pass takes all of a dataset view's or
+# the Cornell bench's samples while a Ctrl-C (honoured between passes: a launch cannot be stopped)
+# still acts within seconds on one view (V views in a launch: V times that)
 QUIET_PASS_PATHS = 2**22
 MAX_SPP = 2**31 - 1  # sample indices are 32-bit in the kernels (with --time, a huge spp means "until the time is up")
 
@@ -424,7 +425,7 @@ def _packet_scene(scene: Scene) -> bool:
     packs an image only when the radiance is above 0)."""
     mats = scene.material_arrays()
     env = scene.environment
-    env_map = env.image is not None and float(np.max(env.radiance)) > 0.0
+    env_map = env.image is not None and bool(np.asarray(env.radiance, np.float32).max() > 0.0)  # as _pack
     return bool(np.isin(mats["type"], (DIFFUSE, EMITTER)).all() and (mats["texture"] < 0).all() and not env_map)
 
 
@@ -602,7 +603,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     # CPU the passes are as big as _quiet_schedule allows (one for a dataset's views): each pass ends
     # in a sync, and a packet thread's lanes run idle at the tail of its queue once per pass
     # (rooms_ring views: 3.60 M paths/s in one pass of 64 spp, 3.42 in the 1, 1, 2, 4, 8, 16, ...
-    # schedule; median of 4 alternating rounds, 2-core Xeon).
+    # schedule; medians of 4 alternating rounds, 2-core Xeon).
     quiet = used == "cpu" and not progress and time_budget is None and not interruptible
     with ctrl_c_requests(interruptible) as stop:
         for n in (_quiet_schedule(spp, W * H) if quiet else _pass_schedule(spp)):
@@ -647,11 +648,13 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
 
 # --- probes for tests -------------------------------------------------------------------------------
-def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu"):
+def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu",
+               packets: bool = False):
     """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
+    packets: through the packet kernel's tree (its leaves tested one by one, a ray at a time).
     Returns t (R,) float32 (inf on a miss) and the original triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
-    packed = _pack(scene, simd := _simd_leaves(used))
+    packed = _pack(scene, simd := _simd_leaves(used) and not packets, packets)
     dev = _device_arrays(packed, used)
     o = np.ascontiguousarray(origins, np.float32)
     d = np.ascontiguousarray(directions, np.float32)

@@ -82,7 +82,8 @@ def pcg_hash(x):
 @ti.func
 def rng_seed(seed, pixel, sample):
     """The stream of one (seed, pixel, sample): it depends on nothing else (not the thread, not the
-    pass), so an image is bit-identical for any thread count or pass split."""
+    pass), so an image is bit-identical for any thread count, and renders split into other passes
+    take the same samples (they sum them in another order: equal to float rounding)."""
     return pcg_hash(sample + pcg_hash(pixel + pcg_hash(seed)))
 
 

@@ -396,9 +396,11 @@ def test_same_seed_identical_different_seed_same_mean():
     np.testing.assert_array_equal(d.rgb, e.rgb)
 
 
-def test_a_quiet_cpu_render_takes_one_pass_and_agrees_with_passes():
+@pytest.mark.parametrize("packets", [True, False], ids=["packet-kernel", "one-path-kernel"])
+def test_a_quiet_cpu_render_takes_one_pass_and_agrees_with_passes(packets, monkeypatch):
     # Without a progress bar, time budget or Ctrl-C handling the CPU takes a small view's samples in
     # one pass; the same samples, summed per pixel in another order: equal to float rounding
+    monkeypatch.setattr(pt, "CPU_PACKETS", packets)
     scene = render.cornell_box(width=32, height=32)
     quiet = trace(scene, spp=24, seed=5)
     passes = trace(scene, spp=24, seed=5, interruptible=True)
@@ -630,15 +632,21 @@ def test_environment_map_is_importance_sampled():
     assert np.all(mis.rgb.reshape(-1, 3).std(0) < 0.5 * pix_b)
 
 
-def test_views_rendered_together_equal_views_rendered_alone():
+@pytest.mark.parametrize("packets", [True, False], ids=["packet-kernel", "one-path-kernel"])
+def test_views_rendered_together_equal_views_rendered_alone(packets, monkeypatch):
+    monkeypatch.setattr(pt, "CPU_PACKETS", packets)
     scene = render.make_scene("rooms_ring", seed=2, width=20, height=20)
     cams = render.families.rooms_ring_cameras(np.random.default_rng(3), 3, 20, 20)
-    together = pt.pathtrace_views(scene, cams, spp=3, max_depth=4, seeds=[7, 8, 7], backend="cpu")
-    for cam, seed, f in zip(cams, (7, 8, 7), together):
-        alone = trace(scene, cam, spp=3, max_depth=4, seed=seed)
-        for name in ("rgb", "depth", "normal", "albedo", "object_id"):
-            np.testing.assert_array_equal(getattr(f, name), getattr(alone, name), err_msg=name)
-        assert f.meta["views"] == 3 and f.meta["seed"] == seed
+    for passes in (False, True):  # one quiet pass; passes of 1, 1, 2 (interruptible)
+        together = pt.pathtrace_views(scene, cams, spp=4, max_depth=4, seeds=[7, 8, 7], backend="cpu",
+                                      interruptible=passes)
+        assert together[0].meta["passes"] == (3 if passes else 1)
+        assert together[0].meta["kernel"] == ("packet" if packets else "path")
+        for cam, seed, f in zip(cams, (7, 8, 7), together):
+            alone = trace(scene, cam, spp=4, max_depth=4, seed=seed, interruptible=passes)
+            for name in ("rgb", "depth", "normal", "albedo", "object_id"):
+                np.testing.assert_array_equal(getattr(f, name), getattr(alone, name), err_msg=name)
+            assert f.meta["views"] == 3 and f.meta["seed"] == seed
     assert not np.array_equal(together[0].rgb, together[1].rgb)
     with pytest.raises(RenderError, match="one seed per camera"):
         pt.pathtrace_views(scene, cams, spp=1, seeds=[1], backend="cpu")
@@ -658,10 +666,11 @@ def test_gpu_backend_refused_without_cuda():
     assert f.meta["backend"] == "cpu" and np.isfinite(f.rgb).all()
 
 
-@pytest.mark.parametrize("simd", [True, False], ids=["simd-leaves", "one-by-one-leaves"])
-def test_kernel_traversal_matches_brute_force(simd, monkeypatch):
-    # both leaf layouts (the CPU's SIMD blocks; a GPU's one-by-one leaves), here both on the CPU
-    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd)
+@pytest.mark.parametrize("layout", ["blocks", "single", "packets"])
+def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
+    # every tree (the CPU's SIMD blocks; a GPU's one-by-one leaves; the packet kernel's larger
+    # one-by-one leaves), here all on the CPU
+    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: layout == "blocks")
     rng = np.random.default_rng(5)
     positions = (rng.uniform(-2, 2, (500, 1, 3)) + rng.normal(0, 0.3, (500, 3, 3))).astype(np.float32)
     scene = render.scene_from_dict({"camera": cam((0, 0, 5), (0, 0, 0)), "materials": {"m": {"type": "diffuse"}},
@@ -674,7 +683,9 @@ def test_kernel_traversal_matches_brute_force(simd, monkeypatch):
     d = rng.normal(size=(2000, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     t_ref, tri_ref = intersect_brute_force(positions, o, d)
-    t, tri = pt.trace_rays(scene, o, d)
+    t, tri = pt.trace_rays(scene, o, d, packets=layout == "packets")
+    leaves = pt._packed_cache[scene][layout]["node_i"]
+    assert leaves[leaves[:, 1] > 0, 1].max() > (1 if layout == "single" else render.bvh.MAX_LEAF)
     np.testing.assert_array_equal(np.isfinite(t), tri_ref >= 0)
     hit = tri_ref >= 0
     assert hit.sum() > 200
@@ -962,10 +973,23 @@ def test_packet_kernel_on_the_cornell_box_and_where_it_does_not_apply(monkeypatc
     trees = pt._packed_cache[box]
     assert trees["packets"]["bvh_nodes"] != trees["blocks"]["bvh_nodes"]
     packet_leaves = trees["packets"]["node_i"]
-    assert 1 < packet_leaves[packet_leaves[:, 1] > 0, 1].max() <= pt.PACKET_LEAF_MAX
+    assert render.bvh.MAX_LEAF < packet_leaves[packet_leaves[:, 1] > 0, 1].max() <= pt.PACKET_LEAF_MAX
     # metal, glass, image textures and environment maps run in the one-path kernel
     monkeypatch.setattr(pt, "CPU_PACKETS", True)
     d = render.cornell_box(width=8, height=8)
     metal = dataclasses.replace(d, materials=tuple(dataclasses.replace(m, type="metal") if m.name == "white" else m
                                                    for m in d.materials))
     assert trace(metal, spp=1).meta["kernel"] == "path"
+    assert pt._packet_scene(d)
+
+    def white(**changes):
+        return dataclasses.replace(d, materials=tuple(dataclasses.replace(m, **changes) if m.name == "white" else m
+                                                      for m in d.materials))
+
+    assert not pt._packet_scene(white(type="glass"))
+    sky = np.ones((4, 8, 3), np.float32)
+    assert not pt._packet_scene(dataclasses.replace(white(texture=0), textures=(sky,)))
+    assert not pt._packet_scene(dataclasses.replace(d, environment=render.Environment(radiance=(1, 1, 1), image=sky)))
+    # a map times zero radiance is no light at all (_pack packs no map): the packet kernel runs it
+    dark = dataclasses.replace(d, environment=render.Environment(radiance=(0, 0, 0), image=sky))
+    assert pt._packet_scene(dark) and trace(dark, spp=1).meta["kernel"] == "packet"
