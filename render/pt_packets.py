@@ -342,16 +342,14 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             nsx, nsy, nsz = gx, gy, gz
             wind = VF(1.0)
             if ti.static(full):
-                ix, iy, iz, wx, wy, wz = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
-                for l in ti.static(range(LANES)):
-                    ns = corners(tri_n, kk[l], b1[l], b2[l])
-                    nw = tri_n[3 * kk[l]] + tri_n[3 * kk[l] + 1] + tri_n[3 * kk[l] + 2]
-                    ix[l] = ns.x
-                    iy[l] = ns.y
-                    iz[l] = ns.z
-                    wx[l] = nw.x
-                    wy[l] = nw.y
-                    wz[l] = nw.z
+                n0x, n0y, n0z, n1x, n1y, n1z, n2x, n2y, n2z = gather3(tri_n, kk)
+                b0 = 1.0 - b1 - b2  # pt_kernels.corners, lane-wise
+                ix = b0 * n0x + b1 * n1x + b2 * n2x
+                iy = b0 * n0y + b1 * n1y + b2 * n2y
+                iz = b0 * n0z + b1 * n1z + b2 * n2z
+                wx = n0x + n1x + n2x
+                wy = n0y + n1y + n2y
+                wz = n0z + n1z + n2z
                 nl = ti.sqrt(ix * ix + iy * iy + iz * iz)
                 use = (smooth != 0) & (nl > 0.0)
                 inv_l = 1.0 / ti.select(use, nl, 1.0)
