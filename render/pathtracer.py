@@ -429,29 +429,27 @@ def _packet_scene(scene: Scene) -> bool:
     return bool(np.isin(mats["type"], (DIFFUSE, EMITTER)).all() and (mats["texture"] < 0).all() and not env_map)
 
 
-def _pass_schedule(spp: int):
-    """Samples per pass: 1, 1, 2, 4, 8, 16, 16, ... (quick first pass, then big ones), summing to spp.
-    A generator: a huge spp under a time budget must not build its whole list first."""
-    size, total, passes = 1, 0, 0
+def _pass_schedule(spp: int, first: int = 1, largest: int = MAX_PASS_SPP):
+    """Samples per pass: first, first, then doubling up to largest (default 1, 1, 2, 4, 8, 16, 16, ...:
+    a quick first pass, then big ones), summing to spp. A generator: a huge spp under a time budget
+    must not build its whole list first."""
+    size, total, passes = first, 0, 0
     while total < spp:
         n = min(size, spp - total)
         yield n
         total += n
         passes += 1
         if passes > 1:
-            size = min(size * 2, MAX_PASS_SPP)
+            size = min(size * 2, largest)
 
 
 def _quiet_schedule(spp: int, pixels: int):
     """Samples per pass of a quiet CPU render (no progress bar, time budget or Ctrl-C handling) of
     views of ``pixels`` pixels: as many as QUIET_PASS_PATHS paths per view allow, at least
-    MAX_PASS_SPP; a function of the view's settings, not of how many views share the launches."""
+    MAX_PASS_SPP, in every pass; a function of the view's settings, not of how many views share
+    the launches."""
     size = max(MAX_PASS_SPP, QUIET_PASS_PATHS // max(pixels, 1))
-    total = 0
-    while total < spp:
-        n = min(size, spp - total)
-        yield n
-        total += n
+    return _pass_schedule(spp, first=size, largest=size)
 
 
 def pathtrace(scene: Scene, camera: Camera | None = None, *, spp: int, max_depth: int = 8, seed: int = 0,
