@@ -321,7 +321,9 @@ def compare_cmd(
 
     _check_ssaa(ssaa)
     outputs = ((out_path, "--out", (".png",)), (json_out, "--json"))
-    run_files = tuple((f, "--neural's input") for f in neural.iterdir() if f.is_file()) if neural and neural.is_dir() else ()
+    from .cli_neural import run_inputs
+
+    run_files = run_inputs(neural, None, "a file of the --neural run") if neural is not None else ()
     check_outputs(*outputs, inputs=((reference, "--reference's input"), *run_files))
     s = _load(scene, seed, outputs)
     model = None

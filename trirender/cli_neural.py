@@ -49,17 +49,17 @@ def _contexts(text: str) -> tuple[int, ...]:
 
 SPINCOUNT = 10_000  # GOMP_SPINCOUNT of the neural commands (see _short_spin)
 # what `trirender train` writes into a run folder (neural.train's names, written out so that torch is not
-# imported before _short_spin); eval and novel refuse to write over these, or over any other file
-# already in the run folder or in a dataset folder they read
+# imported before _short_spin); eval, novel and compare --neural refuse to write over these, or over
+# any other file already in the run folder or in a dataset folder they read (run_inputs)
 RUN_FILES = ("config.json", "run.json", "checkpoint.pt", "metrics.csv", "mean_image.npy", "val.png")
 
 
-def _inputs(run: Path, data: Optional[Path]) -> tuple:
+def run_inputs(run: Path, data: Optional[Path], run_what: str = "a file of the run (RUN)") -> tuple:
     """(file, what it is) pairs for ``check_outputs(..., inputs=...)``: the run folder's files (train's,
     and whatever else is there, tb/ included) and the files of the --data dataset, two levels deep (a
-    dataset keeps its arrays in shard-NNNNN/)."""
-    files = [(run / name, "a file of the run (RUN)") for name in RUN_FILES]
-    for folder, what in ((run, "a file of the run (RUN)"), (data, "a file of the --data dataset")):
+    dataset keeps its arrays in shard-NNNNN/). run_what names the run folder in the refusal."""
+    files = [(run / name, run_what) for name in RUN_FILES]
+    for folder, what in ((run, run_what), (data, "a file of the --data dataset")):
         if folder is not None and folder.is_dir():
             files += [(p, what) for p in (*folder.glob("*"), *folder.glob("*/*")) if p.is_file()]
     return tuple(files)
@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
 
         _short_spin()
         ks = _contexts(context)
-        check_outputs((json_out, "--json"), inputs=_inputs(run, data))
+        check_outputs((json_out, "--json"), inputs=run_inputs(run, data))
         with _errors():
             import torch
 
@@ -224,7 +224,7 @@ def register(app: typer.Typer) -> None:
         if (scene is None) == (data is None):
             raise typer.BadParameter("give exactly one of --scene SCENE or --data DIR --index I")
         outputs = ((out, "--out", (".gif",)), (strip_out, "--strip", (".png",)))
-        check_outputs(*outputs, inputs=_inputs(run, data))
+        check_outputs(*outputs, inputs=run_inputs(run, data))
         with _errors():
             import numpy as np
             import torch
