@@ -105,6 +105,17 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template()):
 
 
 @ti.func
+def lo_of(a, b):
+    """min(a, b) for numbers (x86's minps: NaN-aware ti.min costs two more instructions per lane op)."""
+    return ti.select(a < b, a, b)
+
+
+@ti.func
+def hi_of(a, b):
+    return ti.select(a > b, a, b)
+
+
+@ti.func
 def box_enter(k, ox, oy, oz, ix, iy, iz, t_max, node_lo: ti.template(), node_hi: ti.template()):
     """Per lane: the ray enters node k's box within [0, t_max] (``pt_kernels.box_entry``'s
     conservative slab test)."""
@@ -116,8 +127,8 @@ def box_enter(k, ox, oy, oz, ix, iy, iz, t_max, node_lo: ti.template(), node_hi:
     by = (hi.y - oy) * iy
     az = (lo.z - oz) * iz
     bz = (hi.z - oz) * iz
-    t0 = ti.max(ti.max(ti.min(ax, bx), ti.min(ay, by)), ti.max(ti.min(az, bz), 0.0))
-    t1 = ti.min(ti.min(ti.max(ax, bx), ti.max(ay, by)), ti.max(az, bz)) * BOX_SLACK
+    t0 = hi_of(hi_of(lo_of(ax, bx), lo_of(ay, by)), hi_of(lo_of(az, bz), 0.0))
+    t1 = lo_of(lo_of(hi_of(ax, bx), hi_of(ay, by)), hi_of(az, bz)) * BOX_SLACK
     return (t0 <= t1) & (t0 <= t_max)
 
 
