@@ -52,7 +52,8 @@ RENDERERS = ("raster", "path", "both")
 # leaves of up to three SIMD blocks (another tree). 9: the CPU's packet kernel (its own float
 # rounding, then its own tree), and quiet CPU renders in big passes (a dataset's views in one pass
 # instead of 1, 1, 2, 4, 8, 16, ...: another summation order); the images differ by rounding.
-RENDER_REVISION = 9
+# 10: the packet kernel's triangle test rewritten around the triangle's normal (other rounding).
+RENDER_REVISION = 10
 # The same for the rasterizer alone: the last revision above that changed rasterized bytes (7's
 # environment-map orientation; 3-6 and 8 changed the path tracer only). A raster-only dataset
 # records this one, so a path-tracer change does not stop a half-made raster dataset from resuming.

@@ -239,6 +239,9 @@ def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, n
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
     pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
+    e = tri_v.reshape(-1, 3, 3).astype(np.float64)
+    tri_x = np.cross(e[:, 1], e[:, 2]).astype(np.float32)  # e1 x e2 (the packet kernel's triangle test)
+    tri_x = np.where(np.abs(tri_x) < 1e-30, np.float32(0.0), tri_x)
     node_i = np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32)
     if simd:
         tri_blk, node_i = _triangle_blocks(tri_v.reshape(-1, 3, 3), node_i)
@@ -310,7 +313,7 @@ def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, n
     packed = {
         "tri_v": tri_v, "tri_n": tri_n, "tri_uv": tri_uv, "tri_i": tri_i, "tri_pdf": tri_pdf,
         "node_lo": bvh.node_lo, "node_hi": bvh.node_hi,
-        "node_i": node_i, "tri_blk": tri_blk,
+        "node_i": node_i, "tri_blk": tri_blk, "tri_x": tri_x,
         "emit_tri": emit_tri if n_emit else np.zeros(1, np.int32), "emit_cdf": emit_cdf,
         "mat_i": mat_i, "mat_f": mat_f, "tex": tex.astype(np.float32), "tex_info": tex_info,
         "light_i": lights["type"] if n_delta else np.zeros(1, np.int32),
@@ -361,19 +364,20 @@ def _camera_row(cam: Camera) -> np.ndarray:
 
 _DEVICE_KEYS = ("tri_v", "tri_n", "tri_uv", "tri_i", "tri_pdf", "node_lo", "node_hi", "node_i", "tri_blk",
                 "emit_tri", "emit_cdf", "mat_i", "mat_f", "tex", "tex_info", "light_i", "light_f", "env_cdf",
-                "env_pmf")
+                "env_pmf")  # the one-path kernel's scene arguments, in its order
+_ARRAY_KEYS = _DEVICE_KEYS + ("tri_x",)  # and what the packet kernel reads besides (_PACKET_KEYS)
 
 
 def _device_arrays(packed: dict, backend: str) -> dict:
     """Kernel arguments: numpy arrays on the CPU (zero-copy), Taichi ndarrays on a GPU (uploaded once)."""
     if backend == "cpu":
-        return {k: packed[k] for k in _DEVICE_KEYS}
+        return {k: packed[k] for k in _ARRAY_KEYS}
     key = ("_dev", backend)
     if key not in packed:
         import taichi as ti
 
         dev = {}
-        for k in _DEVICE_KEYS:
+        for k in _ARRAY_KEYS:
             a = np.ascontiguousarray(packed[k])
             if k == "tri_blk":
                 nd = ti.ndarray(dtype=ti.types.matrix(9, BLOCK, ti.f32), shape=a.shape[0])
@@ -396,7 +400,7 @@ CPU_PACKETS = True
 
 
 _PACKET_KEYS = ("tri_v", "tri_n", "tri_uv", "node_lo", "node_hi", "node_i", "emit_tri", "emit_cdf", "mat_f",
-                "light_i", "light_f")
+                "light_i", "light_f", "tri_x")
 
 
 def _packet_records(packed: dict) -> np.ndarray:
@@ -649,8 +653,9 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu",
                packets: bool = False):
     """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
-    packets: through the packet kernel's tree (its leaves tested one by one, a ray at a time).
-    Returns t (R,) float32 (inf on a miss) and the original triangle id (R,) int32 (-1)."""
+    packets: through the packet kernel's own traversal and triangle test (render.pt_packets, its
+    tree, LANES rays to a packet; the CPU only). Returns t (R,) float32 (inf on a miss) and the
+    original triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
     packed = _pack(scene, simd := _simd_leaves(used) and not packets, packets)
     dev = _device_arrays(packed, used)
@@ -658,8 +663,15 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     d = np.ascontiguousarray(directions, np.float32)
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
-    _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
-                                 dev["tri_blk"], simd)
+    if packets:
+        if used != "cpu":
+            raise RenderError("the packet kernel runs on the CPU only")
+        from .pt_packets import trace_rays_packets
+
+        trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"])
+    else:
+        _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
+                                     dev["tri_blk"], simd)
     return t, np.where(tri >= 0, packed["tri_order"][np.maximum(tri, 0)], -1).astype(np.int32)
 
 

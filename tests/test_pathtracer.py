@@ -669,7 +669,7 @@ def test_gpu_backend_refused_without_cuda():
 @pytest.mark.parametrize("layout", ["blocks", "single", "packets"])
 def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
     # every tree (the CPU's SIMD blocks; a GPU's one-by-one leaves; the packet kernel's larger
-    # one-by-one leaves), here all on the CPU
+    # leaves, walked by the packet kernel's own traversal and triangle test), here all on the CPU
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: layout == "blocks")
     rng = np.random.default_rng(5)
     positions = (rng.uniform(-2, 2, (500, 1, 3)) + rng.normal(0, 0.3, (500, 3, 3))).astype(np.float32)
@@ -693,12 +693,13 @@ def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
     assert (tri[hit] == tri_ref[hit]).mean() > 0.99  # float32 may flip near-ties
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("simd", [True, False, "packets"])
 def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch):
     # a closed box seen from inside: every ray hits a wall, including rays aimed exactly at the
     # creases and corners where walls meet and at the diagonals where a wall's two triangles meet
     # (the node boxes of flat walls are flat; Moller-Trumbore alone is not watertight)
-    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd)
+    # (simd: the one-path kernel's SIMD leaf blocks or one-by-one leaves, or the packet kernel's test)
+    monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd is True)
     scene = render.scene_from_dict({"camera": cam((0, 0, 0), (0, 0, -1)), "materials": {"m": {"type": "diffuse"}},
                                     "objects": [{"shape": "box", "material": "m", "size": [2.0, 2.0, 2.0],
                                                  "rotate": [0.0, 0.0, 0.0], "translate": [0.0, 1.0, 0.0]}]})
@@ -712,7 +713,7 @@ def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch
     origins = rng.uniform([-0.9, 0.1, -0.9], [0.9, 1.9, 0.9], (len(targets), 3))
     d = targets - origins
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    t, tri = pt.trace_rays(scene, origins, d)
+    t, tri = pt.trace_rays(scene, origins, d, packets=simd == "packets")
     assert (tri >= 0).all(), f"{int((tri < 0).sum())} of {len(tri)} rays leaked"
     np.testing.assert_allclose(t, np.linalg.norm(targets - origins, axis=1), rtol=1e-4)
 
@@ -801,7 +802,7 @@ def test_device_uploads_keep_every_array_layout():
     assert packed["node_i"][packed["node_i"][:, 1] > 0, 1].max() <= 4  # render.bvh's one-by-one leaves
     host = pt._device_arrays(packed, "cpu")
     dev = pt._device_arrays(packed, "gpu")
-    for key in pt._DEVICE_KEYS:
+    for key in pt._ARRAY_KEYS:
         assert not isinstance(dev[key], np.ndarray), key
         np.testing.assert_array_equal(dev[key].to_numpy().reshape(host[key].shape), host[key], err_msg=key)
     rng = np.random.default_rng(2)
