@@ -227,6 +227,11 @@ def emitter_cdf(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cdf, np.diff(upto, prepend=0.0) / RAND_LEVELS
 
 
+def _no_denormals(a: np.ndarray) -> np.ndarray:
+    """float32 ``a`` with magnitudes below 1e-30 set to 0 (denormal arithmetic is slow on x86)."""
+    return np.where(np.abs(a) < 1e-30, np.float32(0.0), a)
+
+
 def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, np.ndarray]:
     """The scene as the flat arrays ``render.pt_kernels`` documents (triangles in BVH leaf order),
     with SIMD leaf blocks (``_simd_leaves``) or leaves tested one by one, in the tree of the
@@ -239,11 +244,12 @@ def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, n
     bvh = build_bvh(scene.positions, **_layout_args(layout))
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
-    pos = np.where(np.abs(pos) < 1e-30, np.float32(0.0), pos)  # no denormals (slow on x86)
+    pos = _no_denormals(pos)  # (slow on x86)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
-    e = tri_v.reshape(-1, 3, 3).astype(np.float64)
-    tri_x = np.cross(e[:, 1], e[:, 2]).astype(np.float32)  # e1 x e2 (the packet kernel's triangle test)
-    tri_x = np.where(np.abs(tri_x) < 1e-30, np.float32(0.0), tri_x)
+    tri_x = np.zeros((1, 3), np.float32)  # placeholder: only the packet kernel's triangle test reads it
+    if layout == "packets":  # e1 x e2 of each triangle
+        e = tri_v.reshape(-1, 3, 3).astype(np.float64)
+        tri_x = _no_denormals(np.cross(e[:, 1], e[:, 2]).astype(np.float32))
     node_i = np.stack([bvh.node_a, bvh.node_b, bvh.node_axis], axis=1).astype(np.int32)
     if simd:
         tri_blk, node_i = _triangle_blocks(tri_v.reshape(-1, 3, 3), node_i)

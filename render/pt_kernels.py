@@ -7,7 +7,8 @@ Taichi's offline cache can reuse it across processes. Nothing here unrolls over 
 
 Packed scene arrays (built by ``render.pathtracer._pack``; triangles are in BVH leaf order):
     tri_v    (3T,) vec3   v0, e1 = v1 - v0, e2 = v2 - v0 of triangle k at 3k, 3k+1, 3k+2
-    tri_x    (T,)  vec3   e1 x e2 (its length twice the area): the packet kernel's triangle test
+    tri_x    (T,)  vec3   e1 x e2 (its length twice the area): the packet kernel's triangle test (its tree
+                          only; elsewhere one placeholder row)
     tri_n    (3T,) vec3   shading normals of the three corners
     tri_uv   (3T,) vec2   uvs of the three corners
     tri_i    (T,)  ivec2  (material id, object id)
