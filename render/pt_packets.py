@@ -578,7 +578,10 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 if done[l]:
                     at = v * n_pix + pix[l]
                     if aov[l] == 0:
-                        accum[at] += ti.math.vec3(lr[l], lg[l], lb[l])
+                        # a load and a store, not `+=` (which Taichi makes an atomic add, a
+                        # compare-and-swap loop per channel on x86): only this loop iteration
+                        # writes its group's pixels, one path after another
+                        accum[at] = accum[at] + ti.math.vec3(lr[l], lg[l], lb[l])
                     elif k[l] < 0:  # an AOV ray: the first hit's depth, shading normal, base colour, object
                         depth[at] = ti.math.inf
                         normal[at] = ti.math.vec3(0.0)
