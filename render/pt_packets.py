@@ -25,7 +25,7 @@ import math
 import taichi as ti
 
 from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS, ND2F, NDF, NDI, NDI3, NDU, NDV2,
-                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, corners, light_groups, pcg_hash)
+                         NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, corners, hi_of, light_groups, lo_of, pcg_hash)
 from .scene import FAR
 
 LANES = 8  # paths in lockstep per thread (8 x f32 = one AVX register)
@@ -103,17 +103,6 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template(), tri_x: ti.t
     hit = (adet > 0.0) & (u >= -slack) & (v >= -slack) & (u + v <= adet + slack) & (t > 0.0) & (t < best_t * adet)
     inv = 1.0 / ti.select(hit, adet, 1.0)
     return hit, t * inv, u * inv, v * inv
-
-
-@ti.func
-def lo_of(a, b):
-    """min(a, b) for numbers (x86's minps: NaN-aware ti.min costs two more instructions per lane op)."""
-    return ti.select(a < b, a, b)
-
-
-@ti.func
-def hi_of(a, b):
-    return ti.select(a > b, a, b)
 
 
 @ti.func
