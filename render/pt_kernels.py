@@ -193,7 +193,9 @@ def block_hit(o, d, b, best_t, tri_blk: ti.template()):
     hit = (adet > 0.0) & (u >= -slack) & (v >= -slack) & (u + v <= adet + slack) & (t > 0.0) & (t < best_t * adet)
     inv = 1.0 / ti.select(hit, adet, 1.0)
     tl = ti.select(hit, t * inv, MISS)
-    t_hit = tl.min()
+    t_hit = tl[0]  # tl.min() by selects (lo_of)
+    for l in ti.static(range(1, BLOCK)):
+        t_hit = lo_of(t_hit, tl[l])
     # the first lane at the nearest distance, and its barycentrics, by vector reductions only
     # (extracting lanes one by one made LLVM leave the whole test scalar)
     ids = ti.Vector([l for l in range(BLOCK)], ti.i32)
