@@ -138,9 +138,10 @@ def _on_gpu() -> bool:
 @ti.func
 def lo_of(a, b):
     """min(a, b) for numbers, elementwise on vectors. On the CPU by a select, which is one x86
-    minps: NaN-aware ti.min costs two more instructions per operation there (Cornell box in the
-    one-path kernel +10 %, showcase +13 %), and none of its callers' operands can be NaN (1/d is
-    finite). On a GPU ti.min is one instruction already, and the select is not measured there."""
+    minps: NaN-aware ti.min costs two more instructions per operation there (in box_entry and
+    block_hit together: the Cornell box in the one-path kernel +12 %, showcase +16 %), and none of
+    its callers' operands can be NaN (1/d is finite). On a GPU ti.min is one instruction already,
+    and the select is not measured there."""
     r = a
     if ti.static(_on_gpu()):
         r = ti.min(a, b)
