@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 
 import numpy as np
 import trimesh
@@ -43,6 +44,14 @@ def write_ply_without_normals(path, mesh: trimesh.Trimesh) -> None:
         f.write(vs.tobytes())
         for t in fs:
             f.write(np.uint8(3).tobytes() + t.tobytes())
+
+
+def sigint_as_from_a_terminal() -> None:
+    """preexec_fn of a child process that a test interrupts with SIGINT: SIGINT's default
+    disposition, as a command typed at a terminal has. A shell starts background jobs (`pytest &`
+    in a script) with SIGINT ignored and children inherit that, so the child would never see the
+    signal and the test would fail for how pytest was started rather than for the code."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def same_arrays(a, b) -> bool:

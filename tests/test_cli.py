@@ -12,7 +12,7 @@ import trimesh
 from render import load_toml
 from render.image_io import read_image, write_exr
 
-from helpers import same_arrays
+from helpers import same_arrays, sigint_as_from_a_terminal
 
 
 def run(*args, cwd=None):
@@ -235,7 +235,8 @@ def test_ctrl_c_ends_a_path_render_with_the_passes_done_written(tmp_path):
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "trirender", "render", "cornell_box", "--renderer", "path",
                                  "--spp", "1000000", "--width", "32", "--height", "32", "--out", "long.exr"],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                preexec_fn=sigint_as_from_a_terminal)
         deadline = time.monotonic() + 300
         while "/1000000" not in log.read_text() and time.monotonic() < deadline:  # the bar has started
             time.sleep(0.2)

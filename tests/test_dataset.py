@@ -18,6 +18,8 @@ import pytest
 from render.dataset import DatasetConfig, contact_sheet, generate, merge, shadow_map_size, verify
 from render.shards import ShardError, open_shard
 
+from helpers import sigint_as_from_a_terminal
+
 CFG = DatasetConfig("rooms_ring", scenes=7, views=3, size=16, shard_size=2, seed=11)
 
 
@@ -347,7 +349,8 @@ def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_resume(tmp_path):
     # from a terminal (the parent and its spawned worker)
     cmd = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "2000", "--views", "3",
            "--size", "16", "--shard-size", "20", "--workers", "2", "--out", str(out)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=sigint_as_from_a_terminal)
     t0 = time.time()
     while not (out / "shard-00001").is_dir() and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.01)

@@ -10,7 +10,7 @@ import render
 from render import load_scene, load_toml, save_scene, scene_from_dict
 from render.writer import scene_to_toml
 
-from helpers import minimal_description, same_arrays, write_ply_without_normals
+from helpers import minimal_description, same_arrays, sigint_as_from_a_terminal, write_ply_without_normals
 
 DESIGN_MINIMAL_TOML = """
 [camera]
@@ -369,5 +369,6 @@ def test_ctrl_c_during_trimesh_import_is_not_swallowed():
         "print('swallowed')\n")
     import subprocess
 
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         preexec_fn=sigint_as_from_a_terminal)
     assert (res.returncode, res.stdout.strip()) == (0, "interrupted"), res.stdout + res.stderr

@@ -23,6 +23,7 @@ from neural.model import GQN, PRESETS
 from neural.train import Runtime, TrainingError, load_checkpoint, train, validation_batch
 from neural.data import to_model
 
+from helpers import sigint_as_from_a_terminal
 from neural_data import rooms_dataset
 
 RT = Runtime(progress=False, threads=1, tensorboard=False)
@@ -279,7 +280,8 @@ def test_cli_ctrl_c_saves_reports_once_and_exits_130_and_resume_checks_its_targe
     run_dir = tmp_path / "run"
     cmd = [exe, "train", str(rooms[0]), "--out", str(run_dir), "--preset", "tiny", "--steps", "100000", "--batch", "2",
            "--device", "cpu", "--no-progress", "--threads", "1"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_as_from_a_terminal)
     deadline = time.time() + 240
     while not (run_dir / "metrics.csv").is_file() or len((run_dir / "metrics.csv").read_text().splitlines()) < 2:
         assert p.poll() is None and time.time() < deadline, p.communicate()
