@@ -244,7 +244,7 @@ def _pack(scene: Scene, simd: bool = True, packets: bool = False) -> dict[str, n
     bvh = build_bvh(scene.positions, **_layout_args(layout))
     order = bvh.tri_index
     pos = np.asarray(scene.positions, np.float32)[order]  # (T, 3, 3) leaf order
-    pos = _no_denormals(pos)  # (slow on x86)
+    pos = _no_denormals(pos)
     tri_v = np.stack([pos[:, 0], pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0]], axis=1).reshape(-1, 3)
     tri_x = np.zeros((1, 3), np.float32)  # placeholder: only the packet kernel's triangle test reads it
     if layout == "packets":  # e1 x e2 of each triangle
@@ -665,6 +665,8 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     tree, LANES rays to a packet; the CPU only). Returns t (R,) float32 (inf on a miss) and the
     original triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
+    if packets and used != "cpu":
+        raise RenderError("the packet kernel runs on the CPU only")
     packed = _pack(scene, simd := _simd_leaves(used) and not packets, packets)
     dev = _device_arrays(packed, used)
     o = np.ascontiguousarray(origins, np.float32)
@@ -672,8 +674,6 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
     if packets:
-        if used != "cpu":
-            raise RenderError("the packet kernel runs on the CPU only")
         from .pt_packets import trace_rays_packets
 
         trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"])
