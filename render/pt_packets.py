@@ -21,6 +21,10 @@ from a ray through each pixel centre that shares the paths' traversal.
 """
 
 import math
+import os
+import platform
+import sys
+from pathlib import Path
 
 import taichi as ti
 
@@ -34,6 +38,36 @@ GROUP = 16  # pixels whose paths one thread's queue holds
 VF = ti.types.vector(LANES, ti.f32)
 VI = ti.types.vector(LANES, ti.i32)
 VU = ti.types.vector(LANES, ti.u32)
+
+FUSED_BITCODE = Path(__file__).with_name("fused.bc")  # assembled from fused.ll beside it
+
+
+def _cpu_has_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "fma" in line.split() for line in flags.splitlines())
+
+
+# The triangle test's multiply-adds fused (render/fused.ll): x86-64 Linux, the data layout that module
+# names, on a CPU with FMA instructions (without them LLVM would call libm's fmaf); elsewhere, or with
+# TRIRENDER_FMA=0 in the environment, the same arithmetic unfused.
+FUSED = (sys.platform == "linux" and platform.machine() == "x86_64" and _cpu_has_fma()
+         and os.environ.get("TRIRENDER_FMA", "1") != "0")
+
+
+class _Bitcode:
+    """fused.bc's functions for kernels to call (each is linked into the kernel that calls it), loaded
+    on first use: Taichi must be initialised by then, not when this module is imported."""
+
+    def __getattr__(self, name):
+        if "module" not in self.__dict__:
+            self.module = ti.lang.source_builder.SourceBuilder.from_file(str(FUSED_BITCODE))
+        return getattr(self.module, name)
+
+
+FUSED_MODULE = _Bitcode()
 
 
 @ti.func
@@ -87,18 +121,32 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template(), tri_x: ti.t
     e1 = tri_v[3 * k + 1]
     e2 = tri_v[3 * k + 2]
     n = tri_x[k]
-    det = -(dx * n.x + dy * n.y + dz * n.z)
+    det, u, v, t = VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+    if ti.static(FUSED):  # fused.ll's tr_tri on each lane (bitcode takes local variables, by address)
+        v0x, v0y, v0z, e1x, e1y, e1z, e2x, e2y, e2z, nx, ny, nz = (v0.x, v0.y, v0.z, e1.x, e1.y, e1.z, e2.x, e2.y,
+                                                                   e2.z, n.x, n.y, n.z)
+        for l in ti.static(range(LANES)):
+            lox, loy, loz, ldx, ldy, ldz = ox[l], oy[l], oz[l], dx[l], dy[l], dz[l]
+            ldet, lu, lv, lt = 0.0, 0.0, 0.0, 0.0
+            FUSED_MODULE.tr_tri(ldet, lu, lv, lt, lox, loy, loz, ldx, ldy, ldz, v0x, v0y, v0z, e1x, e1y, e1z, e2x, e2y,
+                                e2z, nx, ny, nz)
+            det[l], u[l], v[l], t[l] = ldet, lu, lv, lt
+    else:
+        det = -(dx * n.x + dy * n.y + dz * n.z)
+        sx = ox - v0.x
+        sy = oy - v0.y
+        sz = oz - v0.z
+        rx = sy * dz - sz * dy
+        ry = sz * dx - sx * dz
+        rz = sx * dy - sy * dx
+        u = e2.x * rx + e2.y * ry + e2.z * rz
+        v = -(e1.x * rx + e1.y * ry + e1.z * rz)
+        t = sx * n.x + sy * n.y + sz * n.z
     sgn = ti.select(det < 0.0, -1.0, 1.0)
     adet = det * sgn
-    sx = ox - v0.x
-    sy = oy - v0.y
-    sz = oz - v0.z
-    rx = sy * dz - sz * dy
-    ry = sz * dx - sx * dz
-    rz = sx * dy - sy * dx
-    u = (e2.x * rx + e2.y * ry + e2.z * rz) * sgn
-    v = -(e1.x * rx + e1.y * ry + e1.z * rz) * sgn
-    t = (sx * n.x + sy * n.y + sz * n.z) * sgn
+    u *= sgn
+    v *= sgn
+    t *= sgn
     slack = adet * EDGE_SLACK
     hit = (adet > 0.0) & (u >= -slack) & (v >= -slack) & (u + v <= adet + slack) & (t > 0.0) & (t < best_t * adet)
     inv = 1.0 / ti.select(hit, adet, 1.0)

@@ -8,6 +8,7 @@ loose constant that a biased renderer would also pass.
 import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -716,6 +717,79 @@ def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch
     t, tri = pt.trace_rays(scene, origins, d, packets=simd == "packets")
     assert (tri >= 0).all(), f"{int((tri < 0).sum())} of {len(tri)} rays leaked"
     np.testing.assert_allclose(t, np.linalg.norm(targets - origins, axis=1), rtol=1e-4)
+
+
+def _normalised_ir(text):
+    """The instructions of an LLVM IR text in one spelling: comments, attributes and alignments
+    dropped, typed pointers written as opaque ones (LLVM 14's assembly against llvmlite's newer
+    disassembly)."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r";.*", "", line).strip()
+        if not line or line.startswith(("target", "source_filename", "attributes")):
+            continue
+        line = re.sub(r"float\*", "ptr", line)
+        line = re.sub(r", align \d+", "", line)
+        line = re.sub(r"\s(#\d+|alwaysinline)\b", "", line)
+        out.append(" ".join(line.split()))
+    return " ".join(out).replace("( ", "(").replace(" )", ")")
+
+
+def test_fused_bitcode_is_assembled_from_its_source():
+    # render/fused.bc (what the packet kernel links) must be render/fused.ll (what we read and edit)
+    import llvmlite.binding as llvm
+
+    from render import pt_packets
+
+    source = pt_packets.FUSED_BITCODE.with_suffix(".ll").read_text()
+    assembled = str(llvm.parse_bitcode(pt_packets.FUSED_BITCODE.read_bytes()))
+    assert "@llvm.fma.f32" in assembled and "define void @tr_tri(" in assembled
+    assert _normalised_ir(assembled) == _normalised_ir(source)
+
+
+def test_fused_and_unfused_triangle_tests_agree():
+    # the packet kernel's triangle test with fused multiply-adds (where the platform allows it: this
+    # one is x86-64 Linux, as CI) against the same arithmetic unfused (TRIRENDER_FMA=0, the other
+    # platforms' code), in another process since the choice is made at import
+    from render import pt_packets
+
+    if sys.platform == "linux" and os.uname().machine == "x86_64" and pt_packets._cpu_has_fma():
+        assert pt_packets.FUSED
+    script = textwrap.dedent("""
+        import dataclasses, sys
+        import numpy as np
+        import render, render.pathtracer as pt
+        from render import pt_packets
+        rng = np.random.default_rng(11)
+        positions = (rng.uniform(-2, 2, (300, 1, 3)) + rng.normal(0, 0.3, (300, 3, 3))).astype(np.float32)
+        scene = render.scene_from_dict({"camera": {"position": [0, 0, 5], "look_at": [0, 0, 0], "width": 8,
+                                                   "height": 8}, "materials": {"m": {"type": "diffuse"}},
+                                        "objects": [{"shape": "quad", "material": "m"}]})
+        n = len(positions)
+        scene = dataclasses.replace(scene, positions=positions, normals=np.zeros_like(positions) + [0, 0, 1],
+                                    uvs=np.zeros((n, 3, 2), np.float32), material_id=np.zeros(n, np.int32),
+                                    object_id=np.zeros(n, np.int32))
+        o = rng.uniform(-3, 3, (3000, 3))
+        d = rng.normal(size=(3000, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        t, tri = pt.trace_rays(scene, o, d, packets=True)
+        np.savez(sys.argv[1], t=t, tri=tri, fused=pt_packets.FUSED)
+    """)
+    runs = {}
+    for flag in ("1", "0"):
+        out = f"{os.environ.get('TMPDIR', '/tmp')}/fused_{os.getpid()}_{flag}.npz"
+        env = dict(os.environ, TRIRENDER_FMA=flag)
+        r = subprocess.run([sys.executable, "-c", script, out], env=env, capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr[-2000:]
+        with np.load(out) as z:
+            runs[flag] = (z["t"], z["tri"], bool(z["fused"]))
+        os.remove(out)
+    assert runs["0"][2] is False and runs["1"][2] is pt_packets.FUSED
+    (t1, tri1, _), (t0, tri0, _) = runs["1"], runs["0"]
+    assert (tri0 >= 0).sum() > 500
+    np.testing.assert_array_equal(np.isfinite(t1), np.isfinite(t0))
+    np.testing.assert_allclose(t1[tri1 >= 0], t0[tri1 >= 0], rtol=1e-5, atol=1e-6)
+    assert (tri1 == tri0).mean() > 0.999
 
 
 def test_bad_settings_are_refused():
