@@ -747,7 +747,7 @@ def test_fused_bitcode_is_assembled_from_its_source():
     assert _normalised_ir(assembled) == _normalised_ir(source)
 
 
-def test_fused_and_unfused_triangle_tests_agree():
+def test_fused_and_unfused_triangle_tests_agree(tmp_path):
     # the packet kernel's triangle test with fused multiply-adds (where the platform allows it: this
     # one is x86-64 Linux, as CI) against the same arithmetic unfused (TRIRENDER_FMA=0, the other
     # platforms' code), in another process since the choice is made at import
@@ -777,13 +777,12 @@ def test_fused_and_unfused_triangle_tests_agree():
     """)
     runs = {}
     for flag in ("1", "0"):
-        out = f"{os.environ.get('TMPDIR', '/tmp')}/fused_{os.getpid()}_{flag}.npz"
+        out = tmp_path / f"fma{flag}.npz"
         env = dict(os.environ, TRIRENDER_FMA=flag)
-        r = subprocess.run([sys.executable, "-c", script, out], env=env, capture_output=True, text=True, check=False)
+        r = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         with np.load(out) as z:
             runs[flag] = (z["t"], z["tri"], bool(z["fused"]))
-        os.remove(out)
     assert runs["0"][2] is False and runs["1"][2] is pt_packets.FUSED
     (t1, tri1, _), (t0, tri0, _) = runs["1"], runs["0"]
     assert (tri0 >= 0).sum() > 500
