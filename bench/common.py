@@ -59,6 +59,9 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_commit": git_commit()}
+    switches = {k: v for k, v in os.environ.items() if k.startswith("TRIRENDER_")}  # e.g. TRIRENDER_FMA=0
+    if switches:
+        info["environment"] = switches
     try:
         import torch
 
