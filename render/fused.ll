@@ -8,9 +8,11 @@
 ; Source of render/fused.bc. After a change, rebuild it with an llvm-as no newer than Taichi's LLVM
 ; (15; Debian's llvm-14 package is what made the committed file):
 ;     llvm-as render/fused.ll -o render/fused.bc
-; tests/test_pathtracer.py checks that the two agree. Pointer arguments, as Taichi passes local
-; variables to bitcode functions; the data layout is x86-64 Linux's (Taichi's kernels carry the host's,
-; and linking modules of different layouts prints a warning), so render/pt_packets.py links it there only.
+; tests/test_pathtracer.py checks that the two agree. Taichi's offline cache knows the bitcode by its
+; path, not its content: clear the cache (TI_OFFLINE_CACHE_FILE_PATH, by default ~/.cache/taichi)
+; after rebuilding it. Arguments are pointers, as Taichi passes local variables to bitcode functions.
+; The data layout is x86-64 Linux's (Taichi's kernels carry the host's, and linking modules of
+; different layouts prints a warning), so render/pt_packets.py links it there only.
 
 target datalayout = "e-m:e-p270:32:32-p271:32:32-p272:64:64-i64:64-f80:128-n8:16:32:64-S128"
 
