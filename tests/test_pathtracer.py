@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -745,6 +746,24 @@ def test_fused_bitcode_is_assembled_from_its_source():
     assembled = str(llvm.parse_bitcode(pt_packets.FUSED_BITCODE.read_bytes()))
     assert "@llvm.fma.f32" in assembled and "define void @tr_tri(" in assembled
     assert _normalised_ir(assembled) == _normalised_ir(source)
+
+
+def test_fused_bitcode_is_linked_from_a_copy_named_by_its_content():
+    # Taichi's offline cache keys a kernel by the linked bitcode's path: the kernels link a copy in
+    # the cache's folder named by the content's hash, rewritten whenever it is not that content
+    import hashlib
+
+    import taichi as ti
+
+    from render import pt_packets
+
+    pt.init_backend("cpu")
+    data = pt_packets.FUSED_BITCODE.read_bytes()
+    copy = pt_packets._cached_bitcode()
+    assert copy.parent == Path(ti.lang.impl.current_cfg().offline_cache_file_path)
+    assert copy.name == f"trirender_fused_{hashlib.sha256(data).hexdigest()[:16]}.bc"
+    copy.write_bytes(b"not bitcode")
+    assert pt_packets._cached_bitcode() == copy and copy.read_bytes() == data
 
 
 def test_fused_and_unfused_triangle_tests_agree(tmp_path):
