@@ -8,9 +8,10 @@
 ; Source of render/fused.bc. After a change, rebuild it with an llvm-as no newer than Taichi's LLVM
 ; (15; Debian's llvm-14 package is what made the committed file):
 ;     llvm-as render/fused.ll -o render/fused.bc
-; tests/test_pathtracer.py checks that the two agree. Taichi's offline cache knows the bitcode by its
-; path, not its content: clear the cache (TI_OFFLINE_CACHE_FILE_PATH, by default ~/.cache/taichi)
-; after rebuilding it. Arguments are pointers, as Taichi passes local variables to bitcode functions.
+; tests/test_pathtracer.py checks that the two agree. (Taichi's offline cache knows bitcode by its
+; path, not its content, so kernels link a copy named by the content's hash: see
+; render/pt_packets.py, _cached_bitcode.) Arguments are pointers, as Taichi passes local variables to
+; bitcode functions.
 ; The data layout is x86-64 Linux's (Taichi's kernels carry the host's, and linking modules of
 ; different layouts prints a warning), so render/pt_packets.py links it there only.
 
