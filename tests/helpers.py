@@ -56,3 +56,30 @@ def sigint_as_from_a_terminal() -> None:
 
 def same_arrays(a, b) -> bool:
     return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ARRAYS)
+
+
+def triangle_soup_scene(positions: np.ndarray):
+    """A scene of the triangles ``positions`` (T, 3, 3), one diffuse material, normals +z: for
+    traversal tests, which look only at the geometry."""
+    import dataclasses
+
+    import render
+
+    scene = render.scene_from_dict({"camera": {"position": [0, 0, 5], "look_at": [0, 0, 0], "width": 8, "height": 8},
+                                    "materials": {"m": {"type": "diffuse"}},
+                                    "objects": [{"shape": "quad", "material": "m"}]})
+    n = len(positions)
+    return dataclasses.replace(scene, positions=positions, normals=np.zeros_like(positions) + [0, 0, 1],
+                               uvs=np.zeros((n, 3, 2), np.float32), material_id=np.zeros(n, np.int32),
+                               object_id=np.zeros(n, np.int32))
+
+
+def random_triangles_and_rays(seed: int, n_tris: int, n_rays: int):
+    """(scene, positions, origins, unit directions): triangles scattered over [-2, 2]^3 and rays
+    from [-3, 3]^3 in uniformly random directions."""
+    rng = np.random.default_rng(seed)
+    positions = (rng.uniform(-2, 2, (n_tris, 1, 3)) + rng.normal(0, 0.3, (n_tris, 3, 3))).astype(np.float32)
+    o = rng.uniform(-3, 3, (n_rays, 3))
+    d = rng.normal(size=(n_rays, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return triangle_soup_scene(positions), positions, o, d

@@ -22,6 +22,8 @@ import render
 from render.bvh import intersect_brute_force
 from render.errors import RenderError
 
+from helpers import random_triangles_and_rays
+
 pt = pytest.importorskip("render.pathtracer")
 
 # Mitsuba 3.9.1, cornell_box(), path max_depth 8, 4096 spp, box filter (shared/reference/README.md)
@@ -673,17 +675,7 @@ def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
     # every tree (the CPU's SIMD blocks; a GPU's one-by-one leaves; the packet kernel's larger
     # leaves, walked by the packet kernel's own traversal and triangle test), here all on the CPU
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: layout == "blocks")
-    rng = np.random.default_rng(5)
-    positions = (rng.uniform(-2, 2, (500, 1, 3)) + rng.normal(0, 0.3, (500, 3, 3))).astype(np.float32)
-    scene = render.scene_from_dict({"camera": cam((0, 0, 5), (0, 0, 0)), "materials": {"m": {"type": "diffuse"}},
-                                    "objects": [{"shape": "quad", "material": "m"}]})
-    n = len(positions)
-    scene = dataclasses.replace(scene, positions=positions, normals=np.zeros_like(positions) + [0, 0, 1],
-                                uvs=np.zeros((n, 3, 2), np.float32), material_id=np.zeros(n, np.int32),
-                                object_id=np.zeros(n, np.int32))
-    o = rng.uniform(-3, 3, (2000, 3))
-    d = rng.normal(size=(2000, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    scene, positions, o, d = random_triangles_and_rays(5, 500, 2000)
     t_ref, tri_ref = intersect_brute_force(positions, o, d)
     t, tri = pt.trace_rays(scene, o, d, packets=layout == "packets")
     leaves = pt._packed_cache[scene][layout]["node_i"]
@@ -775,25 +767,16 @@ def test_fused_and_unfused_triangle_tests_agree(tmp_path):
     if sys.platform == "linux" and os.uname().machine == "x86_64" and pt_packets._cpu_has_fma():
         assert pt_packets.FUSED
     script = textwrap.dedent("""
-        import dataclasses, sys
+        import sys
         import numpy as np
-        import render, render.pathtracer as pt
+        import render.pathtracer as pt
         from render import pt_packets
-        rng = np.random.default_rng(11)
-        positions = (rng.uniform(-2, 2, (300, 1, 3)) + rng.normal(0, 0.3, (300, 3, 3))).astype(np.float32)
-        scene = render.scene_from_dict({"camera": {"position": [0, 0, 5], "look_at": [0, 0, 0], "width": 8,
-                                                   "height": 8}, "materials": {"m": {"type": "diffuse"}},
-                                        "objects": [{"shape": "quad", "material": "m"}]})
-        n = len(positions)
-        scene = dataclasses.replace(scene, positions=positions, normals=np.zeros_like(positions) + [0, 0, 1],
-                                    uvs=np.zeros((n, 3, 2), np.float32), material_id=np.zeros(n, np.int32),
-                                    object_id=np.zeros(n, np.int32))
-        o = rng.uniform(-3, 3, (3000, 3))
-        d = rng.normal(size=(3000, 3))
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        sys.path.insert(0, TESTS)
+        from helpers import random_triangles_and_rays
+        scene, _, o, d = random_triangles_and_rays(11, 300, 3000)
         t, tri = pt.trace_rays(scene, o, d, packets=True)
         np.savez(sys.argv[1], t=t, tri=tri, fused=pt_packets.FUSED)
-    """)
+    """).replace("TESTS", repr(str(Path(__file__).parent)))
     runs = {}
     for flag in ("1", "0"):
         out = tmp_path / f"fma{flag}.npz"
