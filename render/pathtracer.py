@@ -659,11 +659,12 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
 # --- probes for tests -------------------------------------------------------------------------------
 def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu",
-               packets: bool = False):
+               packets: bool | str = False):
     """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
     packets: through the packet kernel's own traversal and triangle test (render.pt_packets, its
-    tree, LANES rays to a packet; the CPU only). Returns t (R,) float32 (inf on a miss) and the
-    original triangle id (R,) int32 (-1)."""
+    tree, LANES rays to a packet; the CPU only); "vector": with the leaf step of its larger variant
+    (pt_packets.trace's vector_step). Returns t (R,) float32 (inf on a miss) and the original
+    triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
     if packets and used != "cpu":
         raise RenderError("the packet kernel runs on the CPU only")
@@ -676,7 +677,8 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     if packets:
         from .pt_packets import trace_rays_packets
 
-        trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"])
+        trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"],
+                           packets == "vector")
     else:
         _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
                                      dev["tri_blk"], simd)

@@ -175,6 +175,22 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template(), tri_x: ti.t
     return hit, t * inv, u * inv, v * inv
 
 
+def _leaf_step8(k, ox, oy, oz, dx, dy, dz, enter, best_t, best, bu, bv, v0, e1, e2, n):
+    """(Called at compile time, in ti.static) fused.ll's tr_step8: triangle k against every lane and
+    the closest-hit update, as explicit 8-wide vector code. Returns the new (best_t, best, bu, bv).
+    Bitcode functions take local variables only, so every lane is copied into one and back."""
+    impl = ti.lang.impl
+
+    def local(value, i=None):
+        return impl.expr_init(value if i is None else impl.subscript(None, value, i))
+
+    triangle = [local(vec, c) for vec in (v0, e1, e2, n) for c in range(3)]
+    ray = [local(vec, l) for vec in (ox, oy, oz, dx, dy, dz, ti.select(enter, 1, 0)) for l in range(LANES)]
+    hit = [local(vec, l) for vec in (best_t, best, bu, bv) for l in range(LANES)]
+    FUSED_MODULE.tr_step8(*ray, *hit, local(k), *triangle)
+    return tuple(ti.Vector(hit[j * LANES:(j + 1) * LANES]) for j in range(4))
+
+
 @ti.func
 def box_enter(k, ox, oy, oz, ix, iy, iz, t_max, node_lo: ti.template(), node_hi: ti.template()):
     """Per lane: the ray enters node k's box within [0, t_max] (``pt_kernels.box_entry``'s
@@ -193,10 +209,16 @@ def box_enter(k, ox, oy, oz, ix, iy, iz, t_max, node_lo: ti.template(), node_hi:
 
 
 @ti.func
-def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), node_lo: ti.template(),
-          node_hi: ti.template(), node_i: ti.template(), tri_v: ti.template(), tri_x: ti.template()):
+def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), vector_step: ti.template(),
+          node_lo: ti.template(), node_hi: ti.template(), node_i: ti.template(), tri_v: ti.template(),
+          tri_x: ti.template()):
     """Closest hit in (0, t_max) of the active lanes' rays: (t, triangle or -1, b1, b2); with any_hit
-    the walk stops once every active lane is occluded (triangle >= 0)."""
+    the walk stops once every active lane is occluded (triangle >= 0). vector_step: where FUSED, each
+    leaf step is fused.ll's tr_step8, explicit 8-wide vector code, instead of tri_hit and selects;
+    the same numbers. The kernel's larger variant takes it for closest hits: there LLVM had split the
+    loop into 4-lane halves (158 instructions a triangle against 83; rooms_ring views +7 %), while
+    in the smaller variant and for shadow rays, where the loop was 8-wide already, it was 1-3 %
+    slower."""
     ix = 1.0 / ti.select(ti.abs(dx) < 1e-20, ti.select(dx < 0.0, -1e-20, 1e-20), dx)
     iy = 1.0 / ti.select(ti.abs(dy) < 1e-20, ti.select(dy < 0.0, -1e-20, 1e-20), dy)
     iz = 1.0 / ti.select(ti.abs(dz) < 1e-20, ti.select(dz < 0.0, -1e-20, 1e-20), dz)
@@ -215,12 +237,18 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), node_lo
             info = node_i[node]
             if info[1] > 0:
                 for k in range(info[0], info[0] + info[1]):
-                    hit, t, u, v = tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v, tri_x)
-                    hit = hit & enter
-                    best_t = ti.select(hit, t, best_t)
-                    best = ti.select(hit, k, best)
-                    bu = ti.select(hit, u, bu)
-                    bv = ti.select(hit, v, bv)
+                    if ti.static(vector_step and FUSED):
+                        # (a static assignment would bind new names, not assign the variables)
+                        step = ti.static(_leaf_step8(k, ox, oy, oz, dx, dy, dz, enter, best_t, best, bu, bv,
+                                                     tri_v[3 * k], tri_v[3 * k + 1], tri_v[3 * k + 2], tri_x[k]))
+                        best_t, best, bu, bv = step[0], step[1], step[2], step[3]
+                    else:
+                        hit, t, u, v = tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v, tri_x)
+                        hit = hit & enter
+                        best_t = ti.select(hit, t, best_t)
+                        best = ti.select(hit, k, best)
+                        bu = ti.select(hit, u, bu)
+                        bv = ti.select(hit, v, bv)
                 if ti.static(any_hit):
                     live = live & (best < 0)
             else:
@@ -385,7 +413,8 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             tracing = alive & (aov == 0)  # lanes of paths, not of AOV rays
 
             # ---- the next segment's hit ----
-            t, k, b1, b2 = trace(ox, oy, oz, dx, dy, dz, t_seg, alive, False, node_lo, node_hi, node_i, tri_v, tri_x)
+            t, k, b1, b2 = trace(ox, oy, oz, dx, dy, dz, t_seg, alive, False, full, node_lo, node_hi, node_i, tri_v,
+                                 tri_x)
             t_seg = VF(FAR)
             miss = tracing & (k < 0)
             # a constant environment (maps run in render_pass)
@@ -584,7 +613,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 sdy = ti.select(tgt, tsy / tsl, wy)
                 sdz = ti.select(tgt, tsz / tsl, wz)
                 t_sh = ti.select(tgt, tsl * (1.0 - 1e-3), FAR)
-                _, blocker, _, _ = trace(sox, soy, soz, sdx, sdy, sdz, t_sh, lit, True, node_lo, node_hi, node_i,
+                _, blocker, _, _ = trace(sox, soy, soz, sdx, sdy, sdz, t_sh, lit, True, False, node_lo, node_hi, node_i,
                                          tri_v, tri_x)
                 seen = lit & (blocker < 0)
                 f = w * wi_z * INV_PI
@@ -656,9 +685,10 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
 
 @ti.kernel
 def trace_rays_packets(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI, node_lo: NDV3, node_hi: NDV3,
-                       node_i: NDI3, tri_v: NDV3, tri_x: NDV3):
+                       node_i: NDI3, tri_v: NDV3, tri_x: NDV3, vector_step: ti.template()):
     """Closest hit of each ray through this kernel's own traversal and triangle test, LANES rays
-    to a packet (for tests against render.bvh's brute force); tri_out in leaf order, -1 on a miss."""
+    to a packet (for tests against render.bvh's brute force); tri_out in leaf order, -1 on a miss.
+    vector_step: the leaf loop of the kernel's larger variant (see ``trace``)."""
     n = origins.shape[0]
     for g in range((n + LANES - 1) // LANES):
         ox, oy, oz = VF(0.0), VF(0.0), VF(0.0)
@@ -672,8 +702,8 @@ def trace_rays_packets(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI
                 ox[l], oy[l], oz[l] = o.x, o.y, o.z
                 dx[l], dy[l], dz[l] = d.x, d.y, d.z
                 active[l] = 1
-        t, k, _, _ = trace(ox, oy, oz, dx, dy, dz, VF(FAR), active != 0, False, node_lo, node_hi, node_i, tri_v,
-                           tri_x)
+        t, k, _, _ = trace(ox, oy, oz, dx, dy, dz, VF(FAR), active != 0, False, vector_step, node_lo, node_hi, node_i,
+                           tri_v, tri_x)
         for l in ti.static(range(LANES)):
             r = g * LANES + l
             if r < n:

@@ -670,14 +670,16 @@ def test_gpu_backend_refused_without_cuda():
     assert f.meta["backend"] == "cpu" and np.isfinite(f.rgb).all()
 
 
-@pytest.mark.parametrize("layout", ["blocks", "single", "packets"])
+@pytest.mark.parametrize("layout", ["blocks", "single", "packets", "packets-vector"])
 def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
     # every tree (the CPU's SIMD blocks; a GPU's one-by-one leaves; the packet kernel's larger
-    # leaves, walked by the packet kernel's own traversal and triangle test), here all on the CPU
+    # leaves, walked by the packet kernel's own traversal and either of its leaf steps), here all on
+    # the CPU
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: layout == "blocks")
     scene, positions, o, d = random_triangles_and_rays(5, 500, 2000)
     t_ref, tri_ref = intersect_brute_force(positions, o, d)
-    t, tri = pt.trace_rays(scene, o, d, packets=layout == "packets")
+    t, tri = pt.trace_rays(scene, o, d, packets={"packets": True, "packets-vector": "vector"}.get(layout, False))
+    layout = layout.split("-")[0]
     leaves = pt._packed_cache[scene][layout]["node_i"]
     assert leaves[leaves[:, 1] > 0, 1].max() > (1 if layout == "single" else render.bvh.MAX_LEAF)
     np.testing.assert_array_equal(np.isfinite(t), tri_ref >= 0)
@@ -687,12 +689,13 @@ def test_kernel_traversal_matches_brute_force(layout, monkeypatch):
     assert (tri[hit] == tri_ref[hit]).mean() > 0.99  # float32 may flip near-ties
 
 
-@pytest.mark.parametrize("simd", [True, False, "packets"])
+@pytest.mark.parametrize("simd", [True, False, "packets", "vector"])
 def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch):
     # a closed box seen from inside: every ray hits a wall, including rays aimed exactly at the
     # creases and corners where walls meet and at the diagonals where a wall's two triangles meet
     # (the node boxes of flat walls are flat; Moller-Trumbore alone is not watertight)
-    # (simd: the one-path kernel's SIMD leaf blocks or one-by-one leaves, or the packet kernel's test)
+    # (simd: the one-path kernel's SIMD leaf blocks or one-by-one leaves, or the packet kernel's
+    # tests: lane by lane or its vector leaf step)
     monkeypatch.setattr(pt, "_simd_leaves", lambda backend: simd is True)
     scene = render.scene_from_dict({"camera": cam((0, 0, 0), (0, 0, -1)), "materials": {"m": {"type": "diffuse"}},
                                     "objects": [{"shape": "box", "material": "m", "size": [2.0, 2.0, 2.0],
@@ -707,7 +710,7 @@ def test_rays_at_edges_and_corners_of_a_closed_room_never_leak(simd, monkeypatch
     origins = rng.uniform([-0.9, 0.1, -0.9], [0.9, 1.9, 0.9], (len(targets), 3))
     d = targets - origins
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    t, tri = pt.trace_rays(scene, origins, d, packets=simd == "packets")
+    t, tri = pt.trace_rays(scene, origins, d, packets={"packets": True, "vector": "vector"}.get(simd, False))
     assert (tri >= 0).all(), f"{int((tri < 0).sum())} of {len(tri)} rays leaked"
     np.testing.assert_allclose(t, np.linalg.norm(targets - origins, axis=1), rtol=1e-4)
 
@@ -721,7 +724,8 @@ def _normalised_ir(text):
         line = re.sub(r";.*", "", line).strip()
         if not line or line.startswith(("target", "source_filename", "attributes")):
             continue
-        line = re.sub(r"float\*", "ptr", line)
+        line = re.sub(r"(float|i32)\*", "ptr", line)
+        line = re.sub(r"<((?:float|i32) [^,>]+)(?:, \1)+>", r"splat (\1)", line)  # newer LLVM's spelling
         line = re.sub(r", align \d+", "", line)
         line = re.sub(r"\s(#\d+|alwaysinline)\b", "", line)
         out.append(" ".join(line.split()))
@@ -736,8 +740,16 @@ def test_fused_bitcode_is_assembled_from_its_source():
 
     source = pt_packets.FUSED_BITCODE.with_suffix(".ll").read_text()
     assembled = str(llvm.parse_bitcode(pt_packets.FUSED_BITCODE.read_bytes()))
-    assert "@llvm.fma.f32" in assembled and "define void @tr_tri(" in assembled
+    assert "@llvm.fma.f32" in assembled and "define void @tr_tri(" in assembled and "define void @tr_step8(" in assembled
     assert _normalised_ir(assembled) == _normalised_ir(source)
+
+
+def test_fused_ir_is_written_by_its_generator():
+    # render/fused.ll is generated (python -m render.fused_ir): the committed text is the generator's
+    from render import fused_ir, pt_kernels, pt_packets
+
+    assert pt_packets.FUSED_BITCODE.with_suffix(".ll").read_text() == fused_ir.source()
+    assert fused_ir.LANES == pt_packets.LANES and fused_ir.EDGE_SLACK == pt_kernels.EDGE_SLACK
 
 
 def test_fused_bitcode_is_linked_from_a_copy_named_by_its_content():
@@ -759,9 +771,10 @@ def test_fused_bitcode_is_linked_from_a_copy_named_by_its_content():
 
 
 def test_fused_and_unfused_triangle_tests_agree(tmp_path):
-    # the packet kernel's triangle test with fused multiply-adds (where the platform allows it: this
-    # one is x86-64 Linux, as CI) against the same arithmetic unfused (TRIRENDER_FMA=0, the other
-    # platforms' code), in another process since the choice is made at import
+    # the packet kernel's triangle tests with fused multiply-adds (where the platform allows it: this
+    # one is x86-64 Linux, as CI), lane by lane and as the vector leaf step, against the same
+    # arithmetic unfused (TRIRENDER_FMA=0, the other platforms' code), in another process since the
+    # choice is made at import
     from render import pt_packets
 
     if sys.platform == "linux" and os.uname().machine == "x86_64" and pt_packets._cpu_has_fma():
@@ -775,7 +788,8 @@ def test_fused_and_unfused_triangle_tests_agree(tmp_path):
         from helpers import random_triangles_and_rays
         scene, _, o, d = random_triangles_and_rays(11, 300, 3000)
         t, tri = pt.trace_rays(scene, o, d, packets=True)
-        np.savez(sys.argv[1], t=t, tri=tri, fused=pt_packets.FUSED)
+        tv, triv = pt.trace_rays(scene, o, d, packets="vector")
+        np.savez(sys.argv[1], t=t, tri=tri, tv=tv, triv=triv, fused=pt_packets.FUSED)
     """).replace("TESTS", repr(str(Path(__file__).parent)))
     runs = {}
     for flag in ("1", "0"):
@@ -784,9 +798,14 @@ def test_fused_and_unfused_triangle_tests_agree(tmp_path):
         r = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         with np.load(out) as z:
-            runs[flag] = (z["t"], z["tri"], bool(z["fused"]))
+            runs[flag] = (z["t"], z["tri"], bool(z["fused"]), z["tv"], z["triv"])
     assert runs["0"][2] is False and runs["1"][2] is pt_packets.FUSED
-    (t1, tri1, _), (t0, tri0, _) = runs["1"], runs["0"]
+    (t1, tri1, _, tv1, triv1), (t0, tri0, _, tv0, triv0) = runs["1"], runs["0"]
+    # the vector step is the lane-by-lane test and update written as vector code: the same numbers
+    np.testing.assert_array_equal(tv1, t1)
+    np.testing.assert_array_equal(triv1, tri1)
+    np.testing.assert_array_equal(tv0, t0)  # (unfused, both are the lane-by-lane code)
+    np.testing.assert_array_equal(triv0, tri0)
     assert (tri0 >= 0).sum() > 500
     np.testing.assert_array_equal(np.isfinite(t1), np.isfinite(t0))
     np.testing.assert_allclose(t1[tri1 >= 0], t0[tri1 >= 0], rtol=1e-5, atol=1e-6)
