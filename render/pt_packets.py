@@ -346,7 +346,11 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
         per_pixel = spp + extra
         total = n_here * per_pixel
         nxt = 0
-        qi = VI(0)
+        # the queue's next entry: its pixel (offset in the group, column, row) and sample, counted
+        # instead of divided out of its index (integer division is scalar, one per lane)
+        q_pix, q_smp = 0, 0
+        q_col, q_row = pix0 % width, pix0 // width
+        l_pix, l_smp, l_col, l_row = VI(0), VI(0), VI(0), VI(0)
         live = VI(0)  # masks are i32 0/1 vectors throughout
         ox, oy, oz = VF(0.0), VF(0.0), VF(0.0)
         dx, dy, dz = VF(0.0), VF(0.0), VF(1.0)
@@ -364,15 +368,23 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             fresh = VI(0)
             for l in ti.static(range(LANES)):
                 if live[l] == 0 and nxt < total:
-                    qi[l] = nxt
+                    l_pix[l], l_smp[l], l_col[l], l_row[l] = q_pix, q_smp, q_col, q_row
                     nxt += 1
+                    q_smp += 1
+                    if q_smp == per_pixel:
+                        q_smp = 0
+                        q_pix += 1
+                        q_col += 1
+                        if q_col == width:
+                            q_col = 0
+                            q_row += 1
                     fresh[l] = 1
                     live[l] = 1
             if not (live != 0).any():
                 break
             fr = fresh != 0
-            pix = pix0 + qi // per_pixel
-            sample = sample0 + qi % per_pixel - extra
+            pix = pix0 + l_pix
+            sample = sample0 + l_smp - extra
             s0 = pcg_hash(ti.cast(sample, ti.u32) + pcg_hash(ti.cast(pix, ti.u32) + pcg_hash(seed)))  # rng_seed
             is_aov = sample < 0
             s1, jx = step(s0)
@@ -380,8 +392,8 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             s0 = ti.select(is_aov, s0, s1)
             jx = ti.select(is_aov, 0.5, jx)
             jy = ti.select(is_aov, 0.5, jy)
-            sx = 2.0 * (ti.cast(pix % width, ti.f32) + jx) / width - 1.0
-            sy = 1.0 - 2.0 * (ti.cast(pix // width, ti.f32) + jy) / height
+            sx = 2.0 * (ti.cast(l_col, ti.f32) + jx) / width - 1.0
+            sy = 1.0 - 2.0 * (ti.cast(l_row, ti.f32) + jy) / height
             cdx = sx * rx + sy * ux + fx
             cdy = sx * ry + sy * uy + fy
             cdz = sx * rz + sy * uz + fz
