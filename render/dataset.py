@@ -238,14 +238,15 @@ def _init_worker(threads: int, parent: int) -> None:
     """Pool initializer: split the cores between the processes (no oversubscription), leave Ctrl-C to
     the parent, and on Linux die with the parent, so that a killed run leaves no worker behind still
     writing shards."""
-    import numba
-
     import signal
 
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     # Ctrl-C reaches the whole process group: the parent stops the run (its workers finish the shard
-    # in hand), instead of each worker printing its own KeyboardInterrupt traceback
+    # in hand), instead of each worker printing its own KeyboardInterrupt traceback (until here the
+    # worker has SIGINT blocked: see _submit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -331,6 +332,23 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     return manifest
 
 
+def _submit(pool: ProcessPoolExecutor, *args):
+    """``pool.submit`` with SIGINT blocked in this thread: a worker process it starts inherits the
+    blocked signal through exec, so a Ctrl-C that reaches the process group while the worker is
+    still importing (seconds on a slow machine, before _init_worker runs) stays pending there until
+    _init_worker ignores it, instead of printing a KeyboardInterrupt traceback. This process gets a
+    SIGINT that came meanwhile when the mask is restored."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(*args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], workers: int,
                        done: Callable[[int, str], None]) -> None:
     """Render ``todo`` with this process and ``workers - 1`` spawned ones, the cores split evenly
@@ -373,7 +391,7 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
             while pending or running:
                 while pending and len(running) < workers - 1:  # keep every worker fed, no more
                     j = pending.pop()
-                    running[j] = pool.submit(_make_shard, config, str(out), j)
+                    running[j] = _submit(pool, _make_shard, config, str(out), j)
                 if pending:
                     j = pending.popleft()
                     finished[j] = _make_shard(config, str(out), j)[1]

@@ -54,6 +54,13 @@ def sigint_as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def sigint_blocked() -> bool:
+    """Whether this process has SIGINT blocked (Linux: its /proc status); run in a pool's worker."""
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    return bool(mask >> (signal.SIGINT - 1) & 1)
+
+
 def same_arrays(a, b) -> bool:
     return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ARRAYS)
 

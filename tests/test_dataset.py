@@ -18,7 +18,7 @@ import pytest
 from render.dataset import DatasetConfig, contact_sheet, generate, merge, shadow_map_size, verify
 from render.shards import ShardError, open_shard
 
-from helpers import sigint_as_from_a_terminal
+from helpers import sigint_as_from_a_terminal, sigint_blocked
 
 CFG = DatasetConfig("rooms_ring", scenes=7, views=3, size=16, shard_size=2, seed=11)
 
@@ -363,6 +363,23 @@ def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_resume(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert verify(out) == [] and len(json.loads((out / "manifest.json").read_text())["shards"]) == 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_dataset_workers_start_with_ctrl_c_blocked():
+    # a Ctrl-C reaches the whole process group; a worker still importing (before its initializer
+    # ignores SIGINT; seconds on a slow machine) printed a KeyboardInterrupt traceback, so workers
+    # start with SIGINT blocked, and this process gets its own Ctrl-C back
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from render.dataset import _submit
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        assert _submit(pool, sigint_blocked).result()
+        assert not sigint_blocked()
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        assert not pool.submit(sigint_blocked).result()  # (what the test tells apart)
 
 
 def test_a_killed_worker_is_reported_in_one_line_and_the_run_resumes(tmp_path):
