@@ -675,10 +675,11 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
     if packets:
-        from .pt_packets import trace_rays_packets
+        from .pt_packets import FUSED, trace_rays_packets
 
+        # (without FUSED both steps are the lane-by-lane code: one compiled kernel serves them)
         trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"],
-                           packets == "vector")
+                           packets == "vector" and FUSED)
     else:
         _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
                                      dev["tri_blk"], simd)
