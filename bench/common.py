@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from render.cpuinfo import cpu_model
+
 _HERE = Path(__file__).resolve().parent
 # In a checkout the figures go to bench/results (committed); from an installed package, to
 # ./bench_results in the folder the bench runs from.
@@ -15,13 +17,7 @@ RESULTS = _HERE / "results" if (_HERE.parent / "pyproject.toml").is_file() else 
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def versions(*modules: str) -> dict[str, str | None]:

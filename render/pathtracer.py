@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import sys
 import time
 import weakref
@@ -27,6 +26,7 @@ import numpy as np
 
 from .bvh import BLOCK, BLOCK_COST, MAX_BLOCKS, STACK_SIZE, build_bvh
 from .camera import Camera
+from .cpuinfo import cpu_model
 from .ctrl_c import ctrl_c_requests
 from .errors import RenderError
 from .frame import Frame
@@ -74,14 +74,7 @@ def _layout_args(layout: str) -> dict:
 
 # --- backend ---------------------------------------------------------------------------------------
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} threads)"
+    return f"{cpu_model()} ({os.cpu_count()} threads)"
 
 
 def _gpu_name() -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import taichi as ti
 
+from .cpuinfo import cpu_flags
 from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS, ND2F, NDF, NDI, NDI3, NDU, NDV2,
                          NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, corners, hi_of, light_groups, lo_of, pcg_hash)
 from .scene import FAR
@@ -44,11 +45,7 @@ FUSED_BITCODE = Path(__file__).with_name("fused.bc")  # assembled from fused.ll 
 
 
 def _cpu_has_fma() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(line.startswith("flags") and "fma" in line.split() for line in flags.splitlines())
+    return "fma" in cpu_flags()
 
 
 # The triangle test's multiply-adds fused (render/fused.ll): x86-64 Linux, the data layout that module
