@@ -16,10 +16,6 @@ _HERE = Path(__file__).resolve().parent
 RESULTS = _HERE / "results" if (_HERE.parent / "pyproject.toml").is_file() else Path.cwd() / "bench_results"
 
 
-def cpu_name() -> str:
-    return cpu_model()
-
-
 def versions(*modules: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("numpy", "numba", "taichi", "torch", *modules):
@@ -52,7 +48,7 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_commit": git_commit()}
     switches = {k: v for k, v in os.environ.items() if k.startswith("TRIRENDER_")}  # e.g. TRIRENDER_FMA=0

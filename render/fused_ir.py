@@ -89,6 +89,8 @@ RAY = ("ox", "oy", "oz", "dx", "dy", "dz")
 VF = f"<{LANES} x float>"
 VI = f"<{LANES} x i32>"
 VB = f"<{LANES} x i1>"
+# tr_step8's closest hit so far, per lane: its t, triangle and barycentrics (name, type, vector type)
+HIT = (("bt", "float", VF), ("bi", "i32", VI), ("bu", "float", VF), ("bv", "float", VF))
 
 
 def _float(x: float) -> str:
@@ -118,8 +120,7 @@ def tr_step8() -> str:
     lanes = range(LANES)
     args = [f"float* %p{n}{l}" for n in RAY for l in lanes]
     args += [f"i32* %pen{l}" for l in lanes]
-    args += [f"{ty}* %p{n}{l}" for n, ty in (("bt", "float"), ("bi", "i32"), ("bu", "float"), ("bv", "float"))
-             for l in lanes]
+    args += [f"{ty}* %p{n}{l}" for n, ty, _ in HIT for l in lanes]
     args += ["i32* %pk"] + [f"float* %p{n}" for n in TRIANGLE]
     lines = [
         "; One triangle (index k; v0, e1, e2, n) against the packet's 8 rays (o, d), where en (the lanes that",
@@ -144,7 +145,7 @@ def tr_step8() -> str:
     for n in RAY:
         gather(n, "float", VF)
     gather("en", "i32", VI)
-    for n, ty, vty in (("bt", "float", VF), ("bi", "i32", VI), ("bu", "float", VF), ("bv", "float", VF)):
+    for n, ty, vty in HIT:
         gather(n, ty, vty)
     for n in TRIANGLE:
         splat(n, "float", VF)
@@ -190,7 +191,7 @@ def tr_step8() -> str:
         f"  %bu.new = select {VB} %hit, {VF} %un, {VF} %bu",
         f"  %bv.new = select {VB} %hit, {VF} %vn, {VF} %bv",
     ]
-    for n, ty, vty in (("bt", "float", VF), ("bi", "i32", VI), ("bu", "float", VF), ("bv", "float", VF)):
+    for n, ty, vty in HIT:
         for l in lanes:
             lines.append(f"  %{n}.out{l} = extractelement {vty} %{n}.new, i32 {l}")
             lines.append(f"  store {ty} %{n}.out{l}, {ty}* %p{n}{l}")

@@ -212,10 +212,10 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), vector_
     """Closest hit in (0, t_max) of the active lanes' rays: (t, triangle or -1, b1, b2); with any_hit
     the walk stops once every active lane is occluded (triangle >= 0). vector_step: where FUSED, each
     leaf step is fused.ll's tr_step8, explicit 8-wide vector code, instead of tri_hit and selects:
-    the same hits (its barycentrics may round differently in the last bit). The kernel's larger variant takes it for closest hits: there LLVM had split the
-    loop into 4-lane halves (158 instructions a triangle against 83; rooms_ring views +7 %), while
-    in the smaller variant and for shadow rays, where the loop was 8-wide already, it was 1-3 %
-    slower."""
+    the same hits (its barycentrics may round differently in the last bit). The kernel's larger
+    variant takes it for closest hits: there LLVM had split the loop into 4-lane halves (158
+    instructions a triangle against 83; rooms_ring views +7 %), while in the smaller variant and for
+    shadow rays, where the loop was 8-wide already, it was 1-3 % slower."""
     ix = 1.0 / ti.select(ti.abs(dx) < 1e-20, ti.select(dx < 0.0, -1e-20, 1e-20), dx)
     iy = 1.0 / ti.select(ti.abs(dy) < 1e-20, ti.select(dy < 0.0, -1e-20, 1e-20), dy)
     iz = 1.0 / ti.select(ti.abs(dz) < 1e-20, ti.select(dz < 0.0, -1e-20, 1e-20), dz)
