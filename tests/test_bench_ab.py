@@ -1,0 +1,78 @@
+"""bench/ab.py: exporting revisions' render/ and timing them in alternation (with stand-in trees, so
+that no kernel compiles)."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import ab  # noqa: E402
+
+FAKE_RENDER = textwrap.dedent("""
+    import numpy as np
+    FAMILIES = {{"cornell_box": None}}
+    RATE = {rate}
+    class _F:
+        def __init__(self, seed):
+            self.rgb = np.full((2, 2, 3), {shade}, np.float32)
+            self.depth = np.ones((2, 2), np.float32)
+            self.meta = {{"paths_per_second": RATE * 1e6 * (1 + seed), "device": "fake", "kernel": "k"}}
+    def make_scene(name, seed, width, height):
+        return (name, width, height)
+    def pathtrace(scene, spp, max_depth, seed, backend):
+        assert scene == ("cornell_box", 16, 16) and spp == 4 and backend == "cpu"
+        return _F(seed)
+""")
+
+
+def _fake_tree(root: Path, label: str, rate: float, shade: float) -> None:
+    (root / label / "render").mkdir(parents=True)
+    (root / label / "render" / "__init__.py").write_text(FAKE_RENDER.format(rate=rate, shade=shade))
+    (root / label / "COMMIT").write_text(label + "\n")
+
+
+def test_run_alternates_trees_and_reports_ratios_and_image_hashes(tmp_path, capsys):
+    _fake_tree(tmp_path, "old", 2.0, 0.5)
+    _fake_tree(tmp_path, "new", 3.0, 0.25)
+    (tmp_path / "ORDER").write_text("old\nnew\n")
+    out = tmp_path / "ab.json"
+    ab.main(["run", "--dir", str(tmp_path), "--size", "16", "--spp", "4", "--repeats", "3", "--rounds", "2",
+             "--out", str(out)])
+    printed = capsys.readouterr().out
+    rounds = [line.split()[2].rstrip(":") for line in printed.splitlines() if line.startswith("round")]
+    assert rounds == ["old", "new", "old", "new"]  # alternating, in ORDER's order
+    doc = json.loads(out.read_text())
+    old, new = doc["results"]["trees"]
+    # renders 2 and 3 are timed (seeds 1 and 2: rate x 2 and x 3), the first is not: median 2.5 x rate
+    assert old["M paths/s"] == pytest.approx(5.0) and new["M paths/s"] == pytest.approx(7.5)
+    assert new["ratio"] == pytest.approx(1.5) and old["ratio"] == 1.0
+    assert old["rgb_sha"] != new["rgb_sha"] and old["depth_sha"] == new["depth_sha"]
+    assert doc["settings"]["trees"] == ["old", "new"] and doc["machine"]["cores"] >= 1
+
+
+def test_run_names_missing_trees(tmp_path):
+    _fake_tree(tmp_path, "old", 2.0, 0.5)
+    with pytest.raises(SystemExit, match="no .*<tree>/render for nope"):
+        ab.main(["run", "--dir", str(tmp_path), "--trees", "old,nope"])
+    with pytest.raises(SystemExit, match="prepare REV"):
+        ab.main(["run", "--dir", str(tmp_path / "empty")])
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_prepare_exports_a_revision_and_the_working_tree(tmp_path):
+    ab.main(["prepare", "HEAD", "work", "--dir", str(tmp_path)])
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert (tmp_path / "ORDER").read_text().split() == [head, "work"]
+    for label in (head, "work"):
+        assert (tmp_path / label / "render" / "pathtracer.py").is_file()
+    assert (tmp_path / "work" / "COMMIT").read_text().strip() == head + "+work"
+    with pytest.raises(SystemExit, match="nosuchrev"):
+        ab.main(["prepare", "nosuchrev", "--dir", str(tmp_path)])
