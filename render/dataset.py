@@ -9,6 +9,7 @@ number of processes or machines, any order, any interruption, gives byte-identic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -258,6 +259,35 @@ def _init_worker(threads: int, parent: int) -> None:
             os._exit(1)
 
 
+@contextlib.contextmanager
+def _part_lock(out: Path, shard_index: int, num_shards: int):
+    """Hold an exclusive lock on this part of the folder (all of it for an unsplit run) while a run
+    generates it, so that a second run of the same part (the same command started twice) is refused
+    instead of removing the first one's half-written shards as its own. flock: the system releases it
+    when the process ends, however it ends, so a run killed with -9 resumes without a stale lock.
+    The lock file (``.lock``, or ``.lock-part-i-of-n``; it holds the pid) stays in the folder."""
+    path = out / (".lock" if num_shards == 1 else f".lock-part-{shard_index}-of-{num_shards}")
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            what = "this dataset" if num_shards == 1 else f"part {shard_index} of {num_shards} of this dataset"
+            raise RenderError(f"{out}: another process (pid {pid}) is generating {what} now ({path.name} is "
+                              "locked); let it finish, or stop it and run the command again to resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)
+
+
 def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_index: int = 0, num_shards: int = 1,
              progress: bool = True, on_shard: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generate (or resume) the shards ``j`` with ``j % num_shards == shard_index`` into ``out``.
@@ -269,6 +299,8 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     coordination beyond the shared seed and folder. Returns this process's manifest, with
     ``"merged": True`` when it wrote ``manifest.json`` for all the parts.
     workers: processes rendering shards at once (0: ``auto_workers``); the bytes do not depend on it.
+    Workers are spawned, so they import the calling script: call this under
+    ``if __name__ == "__main__":`` there. One run per part and folder at a time (``_part_lock``).
     """
     config.check()
     if not 0 <= shard_index < num_shards:
@@ -276,63 +308,65 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     out = Path(out)
     made_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = config.manifest()
-    manifest["render_settings"].update(_path_backend(config))
-    _check_same_settings(out, manifest)
-    mine = [j for j in range(config.num_shards) if j % num_shards == shard_index]
-    clean_temporaries(out, mine)  # only this process's: the other parts may be writing theirs
-    manifest["shards"] = {}
-    todo = []
-    for j in mine:
-        if (out / shard_name(j) / "shard.json").is_file() and verify_shard(out, j) is None:
-            manifest["shards"][str(j)] = sha256_file(out / shard_name(j) / "shard.json")
-        else:
-            todo.append(j)
-    name = _manifest_name(shard_index, num_shards)
-    fresh = not (out / name).exists()
-    write_manifest(out, manifest, name)
-    size_of = lambda j: min(config.scenes, (j + 1) * config.shard_size) - j * config.shard_size  # noqa: E731
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(size_of(j) for j in mine), initial=sum(size_of(j) for j in mine if j not in todo),
-                   unit="scene", desc=f"{config.family} ({config.renderer})", dynamic_ncols=True)
-    t_start, views_done = time.perf_counter(), 0
-
-    def done(j: int, digest: str) -> None:
-        nonlocal views_done
-        manifest["shards"][str(j)] = digest
+    with _part_lock(out, shard_index, num_shards) as lock:  # one process per part and folder
+        manifest = config.manifest()
+        manifest["render_settings"].update(_path_backend(config))
+        _check_same_settings(out, manifest)
+        mine = [j for j in range(config.num_shards) if j % num_shards == shard_index]
+        clean_temporaries(out, mine)  # only this process's: the other parts may be writing theirs
+        manifest["shards"] = {}
+        todo = []
+        for j in mine:
+            if (out / shard_name(j) / "shard.json").is_file() and verify_shard(out, j) is None:
+                manifest["shards"][str(j)] = sha256_file(out / shard_name(j) / "shard.json")
+            else:
+                todo.append(j)
+        name = _manifest_name(shard_index, num_shards)
+        fresh = not (out / name).exists()
         write_manifest(out, manifest, name)
-        views_done += size_of(j) * config.views
-        if bar is not None:
-            bar.update(size_of(j))
-            bar.set_postfix(views_per_s=f"{views_done / (time.perf_counter() - t_start):.0f}")
-        if on_shard is not None:
-            on_shard(j)
+        size_of = lambda j: min(config.scenes, (j + 1) * config.shard_size) - j * config.shard_size  # noqa: E731
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-    if workers <= 0:
-        workers = auto_workers(config, len(todo))
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            for j in todo:
-                done(j, _make_shard(config, str(out), j)[1])
-        else:
-            _generate_parallel(config, out, todo, workers, done)
-    except BaseException:
-        if fresh and not manifest["shards"]:
-            # nothing was made: leave no manifest behind to refuse the corrected command's settings
-            (out / name).unlink(missing_ok=True)
-            if made_folder and not any(out.iterdir()):
-                out.rmdir()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    manifest["seconds"] = round(time.perf_counter() - t_start, 3)  # informative only; not checksummed
-    if num_shards > 1:
-        manifest["merged"] = merge(out, if_complete=True) is not None
-    return manifest
+            bar = tqdm(total=sum(size_of(j) for j in mine), initial=sum(size_of(j) for j in mine if j not in todo),
+                       unit="scene", desc=f"{config.family} ({config.renderer})", dynamic_ncols=True)
+        t_start, views_done = time.perf_counter(), 0
+
+        def done(j: int, digest: str) -> None:
+            nonlocal views_done
+            manifest["shards"][str(j)] = digest
+            write_manifest(out, manifest, name)
+            views_done += size_of(j) * config.views
+            if bar is not None:
+                bar.update(size_of(j))
+                bar.set_postfix(views_per_s=f"{views_done / (time.perf_counter() - t_start):.0f}")
+            if on_shard is not None:
+                on_shard(j)
+
+        if workers <= 0:
+            workers = auto_workers(config, len(todo))
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                for j in todo:
+                    done(j, _make_shard(config, str(out), j)[1])
+            else:
+                _generate_parallel(config, out, todo, workers, done)
+        except BaseException:
+            if fresh and not manifest["shards"]:
+                # nothing was made: leave no manifest behind to refuse the corrected command's settings
+                (out / name).unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)  # (still held, so no other run is using it)
+                if made_folder and not any(out.iterdir()):
+                    out.rmdir()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        manifest["seconds"] = round(time.perf_counter() - t_start, 3)  # informative only; not checksummed
+        if num_shards > 1:
+            manifest["merged"] = merge(out, if_complete=True) is not None
+        return manifest
 
 
 def _submit(pool: ProcessPoolExecutor, *args):

@@ -130,7 +130,8 @@ kill_after, workers = int(sys.argv[2]), int(sys.argv[3])
 def hook(j):
     if kill_after >= 0 and j >= kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
-generate(cfg, sys.argv[1], progress=False, on_shard=hook, workers=workers)
+if __name__ == "__main__":  # the spawned worker imports this script too
+    generate(cfg, sys.argv[1], progress=False, on_shard=hook, workers=workers)
 """
 
 
@@ -158,6 +159,34 @@ def test_resume_after_kill_9_is_byte_identical(reference, tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert not list(out.glob(".shard-*"))
     same_tree(reference, out)
+
+
+def test_a_second_run_of_the_same_part_is_refused_and_leaves_the_first_ones_shards_alone(tmp_path):
+    # the same command started twice on one folder: the second used to remove the first one's
+    # half-written shards as its own (a spawned worker of a script without a __main__ guard, which
+    # runs the script again, did the same), and the first then failed on its vanished files
+    from render.dataset import _part_lock
+    from render.errors import RenderError
+
+    cfg = DatasetConfig("rooms_ring", scenes=4, views=1, size=8, shard_size=2, seed=3)
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".shard-00000.tmp-inuse").mkdir()  # the first run's shard in the making
+    with _part_lock(out, 0, 1):  # the first run, still going
+        with pytest.raises(RenderError, match=rf"another process \(pid {os.getpid()}\) is generating this "
+                                              r"dataset now \(\.lock is locked\); let it finish"):
+            generate(cfg, out, progress=False, workers=1)
+        assert (out / ".shard-00000.tmp-inuse").is_dir()
+        # the parts of a split run lock their own parts only
+        m = generate(cfg, out, progress=False, workers=1, shard_index=1, num_shards=2)
+        assert list(m["shards"]) == ["1"]
+        with _part_lock(out, 1, 2):
+            with pytest.raises(RenderError, match="is generating part 1 of 2 of this dataset"):
+                generate(cfg, out, progress=False, workers=1, shard_index=1, num_shards=2)
+    # once the first run has ended its lock is free: the other part runs and joins the two
+    # (a folder that a failed run made goes, lock file and all: see test_a_run_that_fails_before_...)
+    generate(cfg, out, progress=False, workers=1, shard_index=0, num_shards=2)
+    assert verify(out) == [] and not list(out.glob(".shard-*"))
 
 
 def test_corrupt_shard_is_named(reference, tmp_path):
