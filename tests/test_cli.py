@@ -142,7 +142,7 @@ def test_scene_convert_glb(tmp_path):
     (("scene", "info", "[x]/empty.toml"), "[x]/empty.toml: materials: expected a table of named materials, "
                                           "e.g. [materials.white]"),
 ])
-def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
+def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words, cli_in_process):
     (tmp_path / "bad.toml").write_text(
         '[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n'
         '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "wite"\n')
@@ -161,7 +161,7 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words):
     write_exr(tmp_path / "nan.exr", nan)
     write_exr(tmp_path / "grey.exr", np.zeros((4, 4), np.float32))
     (tmp_path / "[x]" / "empty.toml").write_text('[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n')
-    res = run(*args, cwd=tmp_path)
+    res = cli_in_process(*args, cwd=tmp_path)  # main() as the console script calls it (a subprocess each: 40 s)
     assert res.returncode == 2, (res.returncode, res.stderr)
     text = " ".join(res.stderr.split())
     assert words in text, res.stderr

@@ -158,7 +158,7 @@ def test_eval_and_novel_verbs(run, tmp_path):
     assert rows == 4 and "left out" not in res.stdout, res.stdout  # the path tracer's column is there
 
 
-def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):
+def test_verbs_refuse_bad_input_in_one_line(run, tmp_path, cli_in_process):
     import shutil
 
     shutil.copytree(run, tmp_path / "cut")
@@ -180,7 +180,7 @@ def test_verbs_refuse_bad_input_in_one_line(run, tmp_path):
         (("eval", str(run), "--data", str(rooms_dataset(16, views=6, seed=1)), "--context", "1,9"), "views per scene"),
         (("novel", str(run)), "exactly one of"),
     ]:
-        res = cli(*args)
+        res = cli_in_process(*args)  # main() as the console script calls it (a subprocess each: 19 s)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert words in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.stderr
