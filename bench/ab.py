@@ -9,7 +9,7 @@ GPU machine receives when it is carried with the working tree. ``run`` needs no 
 scene with each tree's own ``render`` package in its own process (its own Taichi offline cache), tree
 after tree, ``--rounds`` times, so that the host's changing speed hits every tree alike. Each process
 renders ``--repeats`` times; the first render (compile or cache load) is not timed. It prints a table
-(median M paths/s over the rounds, ratio to the first tree, hashes of the image and depth AOV so a
+(median M paths/s over the rounds, ratio to the first tree that ran, hashes of the image and depth AOV so a
 change that should keep the image can be seen to) and saves JSON with the machine, versions and
 settings (default ``bench/results/ab.json``).
 
@@ -118,8 +118,12 @@ def run(args: argparse.Namespace) -> None:
             env["TI_OFFLINE_CACHE_FILE_PATH"] = str(args.dir / t / ".ticache")
             child_args = {k: settings[k] for k in ("scene", "size", "spp", "depth", "backend", "repeats",
                                                      "one_path")}
-            p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child_args)], check=False, env=env,
-                               cwd=args.dir / t, capture_output=True, text=True, timeout=args.child_timeout)
+            try:
+                p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child_args)], check=False, env=env,
+                                   cwd=args.dir / t, capture_output=True, text=True, timeout=args.child_timeout)
+            except subprocess.TimeoutExpired:
+                print(f"round {rnd + 1} {t}: no result in --child-timeout {args.child_timeout} s", file=sys.stderr)
+                continue
             line = next((x for x in p.stdout.splitlines() if x.startswith("AB")), None)
             if p.returncode != 0 or line is None:
                 print(f"round {rnd + 1} {t}: failed (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
