@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> None:
     print()
     print(table(rows, ["tree", "commit", "M paths/s", "ratio", "rounds", "rgb_sha", "depth_sha"]))
     print(f"saved {save('ab', settings, {'trees': rows, 'runs': per}, args.out, modules=('taichi',))}")
+    if any(not per[t] for t in trees):
+        raise SystemExit(f"no result for {', '.join(t for t in trees if not per[t])} (their errors are above)")
 
 
 def main(argv: list[str] | None = None) -> None:

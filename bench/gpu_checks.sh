@@ -10,6 +10,8 @@
 # Steps: tests (pytest -m gpu), train (bench/train.py, each preset), pt512, dataset, pt1024,
 # train_compile (bench/train.py, paper with torch.compile), train_cli (`trirender train --compile`
 # end to end on a fresh rasterized dataset; its metrics.csv goes to the log). Default: all of them.
+# Not in the default: ab (bench/ab.py run on the GPU: the trees `python bench/ab.py prepare REV ...`
+# exported to .dev/ab here, which the GPU machine must receive, timed in alternation).
 #
 # SITE.tar.xz: optional site-packages (taichi, mitsuba, drjit, pydantic, trimesh, ...) for a machine
 # that cannot install them (made by bench/make_site.sh); it is unpacked to /tmp/site and put on
@@ -49,6 +51,7 @@ want pt1024 && step 120 "$PY" bench/pathtracer.py --backend gpu --size 1024 --mi
     --mesh-tris 0 --make-reference 2048 --out "$OUT/pathtracer_gpu1024.json"
 want train_compile && step 150 "$PY" bench/train.py --device cuda --presets paper --variants "1,1,1" --steps 20 --warmup 5 \
     --child-timeout 140 --append --out "$OUT/train_gpu.json"
+want ab && step 400 "$PY" bench/ab.py run --backend gpu --size 512 --repeats 9 --rounds 3 --out "$OUT/ab_gpu.json"
 if want train_cli; then
     # What a user runs: rasterize a dataset, then train the paper model with torch.compile for
     # 120 s of wall time (compilation included) and keep the run's metrics.

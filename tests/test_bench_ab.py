@@ -63,6 +63,12 @@ def test_run_names_missing_trees(tmp_path):
         ab.main(["run", "--dir", str(tmp_path), "--trees", "old,nope"])
     with pytest.raises(SystemExit, match="prepare REV"):
         ab.main(["run", "--dir", str(tmp_path / "empty")])
+    # a tree whose renders fail is reported, and the run ends non-zero after saving what it has
+    (tmp_path / "old" / "render" / "__init__.py").write_text("FAMILIES = {}\ndef load_scene(p):\n    raise OSError(p)\n")
+    with pytest.raises(SystemExit, match="no result for old"):
+        ab.main(["run", "--dir", str(tmp_path), "--trees", "old", "--rounds", "1", "--repeats", "2",
+                 "--out", str(tmp_path / "ab.json")])
+    assert json.loads((tmp_path / "ab.json").read_text())["results"]["trees"][0]["M paths/s"] == "failed"
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs the git checkout")
