@@ -19,7 +19,6 @@ This is how the one-path kernel's slowdown on the GPU was pinned to 66e91be (REA
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -33,11 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, save, table  # noqa: E402
+from bench.common import RESULTS, run_child, save, table  # noqa: E402
 
 DEFAULT_DIR = ROOT / ".dev" / "ab"
 
-# Runs in a fresh process with one tree's render/ first on sys.path; prints one JSON line.
+# Runs in a fresh process (bench.common.run_child) with one tree's render/ first on sys.path.
 CHILD = textwrap.dedent("""
     import hashlib, json, statistics, sys
     args = json.loads(sys.argv[1])
@@ -57,7 +56,7 @@ CHILD = textwrap.dedent("""
         else:
             rates.append(f.meta["paths_per_second"] / 1e6)
     sha = lambda a: hashlib.sha1(a.tobytes()).hexdigest()[:12]
-    print("AB" + json.dumps({"mpaths": statistics.median(rates), "all": rates, "rgb_sha": sha(f.rgb),
+    print("RESULT" + json.dumps({"mpaths": statistics.median(rates), "all": rates, "rgb_sha": sha(f.rgb),
                              "depth_sha": sha(f.depth), "first_seconds": first.get("compile_seconds"),
                              "device": f.meta.get("device"), "kernel": f.meta.get("kernel")}))
 """)
@@ -110,25 +109,20 @@ def run(args: argparse.Namespace) -> None:
     settings = {"scene": scene, "size": args.size, "spp": args.spp, "depth": args.depth,
                 "backend": args.backend, "repeats": args.repeats, "rounds": args.rounds,
                 "one_path": args.one_path, "trees": trees}
+    child_args = {k: settings[k] for k in ("scene", "size", "spp", "depth", "backend", "repeats", "one_path")}
     per: dict[str, list[dict]] = {t: [] for t in trees}
     for rnd in range(args.rounds):
         for t in trees:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join([str(args.dir / t), *filter(None, [env.get("PYTHONPATH")])])
-            env["TI_OFFLINE_CACHE_FILE_PATH"] = str(args.dir / t / ".ticache")
-            child_args = {k: settings[k] for k in ("scene", "size", "spp", "depth", "backend", "repeats",
-                                                     "one_path")}
+            env = {"PYTHONPATH": os.pathsep.join([str(args.dir / t), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                   "TI_OFFLINE_CACHE_FILE_PATH": str(args.dir / t / ".ticache")}
             try:
-                p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child_args)], check=False, env=env,
-                                   cwd=args.dir / t, capture_output=True, text=True, timeout=args.child_timeout)
+                r = run_child(CHILD, child_args, env, timeout=args.child_timeout, cwd=args.dir / t)
             except subprocess.TimeoutExpired:
                 print(f"round {rnd + 1} {t}: no result in --child-timeout {args.child_timeout} s", file=sys.stderr)
                 continue
-            line = next((x for x in p.stdout.splitlines() if x.startswith("AB")), None)
-            if p.returncode != 0 or line is None:
-                print(f"round {rnd + 1} {t}: failed (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
+            except RuntimeError as exc:
+                print(f"round {rnd + 1} {t}: {exc}", file=sys.stderr)
                 continue
-            r = json.loads(line[2:])
             per[t].append(r)
             print(f"round {rnd + 1} {t:>16}: {r['mpaths']:8.2f} M paths/s  rgb {r['rgb_sha']}  "
                   f"depth {r['depth_sha']}", flush=True)

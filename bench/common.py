@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +79,25 @@ def save(name: str, settings: dict[str, Any], results: Any, path: str | Path | N
            "versions": versions(*modules), "settings": settings, "results": results}
     write_json_atomic(path, doc)
     return path
+
+
+def run_child(code: str, args: dict, env: dict | None = None, timeout: float | None = None,
+              cwd: str | Path = _HERE.parent) -> Any:
+    """Run ``code`` (a script reading its JSON arguments from argv[1]) in a fresh Python, with ``env``
+    on top of this environment, and return the JSON it printed after ``RESULT``. RuntimeError with
+    its output's tail if it printed none; subprocess.TimeoutExpired past ``timeout`` seconds."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:  # Taichi wants real files
+        f.write(code)
+        path = f.name
+    try:
+        p = subprocess.run([sys.executable, path, json.dumps(args)], capture_output=True, text=True,
+                           env={**os.environ, **(env or {})}, cwd=str(cwd), timeout=timeout)
+    finally:
+        os.unlink(path)
+    for line in p.stdout.splitlines():
+        if "RESULT" in line:  # a library's log may share the line (colour codes, no newline)
+            return json.loads(line[line.index("RESULT") + 6:])
+    raise RuntimeError(f"child failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

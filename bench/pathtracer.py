@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -127,21 +126,6 @@ def mesh_scene(n_tris: int, size: int = 256):
     )
 
 
-def _run_child(code: str, args: dict, env: dict | None = None) -> list[dict]:
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:  # Taichi wants real files
-        f.write(code)
-        path = f.name
-    try:
-        p = subprocess.run([sys.executable, path, json.dumps(args)], capture_output=True, text=True,
-                           env={**os.environ, **(env or {})}, cwd=str(ROOT))
-    finally:
-        os.unlink(path)
-    for line in p.stdout.splitlines():
-        if "RESULT" in line:  # a library's log may share the line (colour codes, no newline)
-            return json.loads(line[line.index("RESULT") + 6:])
-    raise RuntimeError(f"child failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-
-
 def _rmse(img: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sqrt(np.mean((img.astype(np.float64) - ref[..., :3].astype(np.float64)) ** 2)))
 
@@ -183,7 +167,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-mitsuba", action="store_true")
     ap.add_argument("--mitsuba-variants", default="llvm_ad_rgb,scalar_rgb",
                     help="comma-separated; the first is the main rival (e.g. cuda_ad_rgb,llvm_ad_rgb on a GPU)")
-    from bench.common import RESULTS  # bench/results in a checkout, ./bench_results when installed
+    from bench.common import RESULTS, run_child  # RESULTS: bench/results in a checkout, ./bench_results when installed
 
     ap.add_argument("--out", type=Path, default=RESULTS / "pathtracer.json")
     a = ap.parse_args(argv)
@@ -201,7 +185,7 @@ def main(argv=None) -> dict:
     if ref is None and a.make_reference and have_mi and variants:
         save = str(tmp / "reference.npy")
         try:
-            _run_child(MITSUBA_CHILD, {"size": a.size, "spp": a.make_reference, "depth": a.depth, "variant": variants[0],
+            run_child(MITSUBA_CHILD, {"size": a.size, "spp": a.make_reference, "depth": a.depth, "variant": variants[0],
                                        "repeats": 1, "save": save, "seed_offset": 1000})
             ref = np.load(save)
             ref_name = f"mitsuba {variants[0]}, {a.make_reference} spp, box filter (rendered in this run)"
@@ -218,7 +202,7 @@ def main(argv=None) -> dict:
     env = {"TI_OFFLINE_CACHE_FILE_PATH": str(cache)}
     starts = {}
     for name in ("cold", "warm"):  # in progressive passes, as `trirender render` renders (interruptible)
-        m = _run_child(OURS_CHILD, {**base, "repeats": 1, "interruptible": True}, env)[0]
+        m = run_child(OURS_CHILD, {**base, "repeats": 1, "interruptible": True}, env)[0]
         starts[name] = {"compile_seconds": m["compile_seconds"],
                         "time_to_first_pass_seconds": m["process_to_call_seconds"] + m["first_pass_seconds"],
                         "first_pass_in_call_seconds": m["first_pass_seconds"]}
@@ -229,14 +213,14 @@ def main(argv=None) -> dict:
     images = {}
     for rnd in range(a.rounds):
         save = str(tmp / "ours.npy") if rnd == 0 else None
-        ms = _run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save}, env)
+        ms = run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save}, env)
         runs["ours"] += [m["paths_per_second"] for m in ms]
         if save:
             images["ours"] = np.load(save)
             res["ours_meta"] = ms[0]
         if one_path in runs:  # the CPU's other kernel (render.pt_kernels), for the packet kernel's gain
             save = str(tmp / "one_path.npy") if rnd == 0 else None
-            ms = _run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save, "one_path": True}, env)
+            ms = run_child(OURS_CHILD, {**base, "repeats": a.repeats, "save": save, "one_path": True}, env)
             runs[one_path] += [m["paths_per_second"] for m in ms]
             if save:
                 images[one_path] = np.load(save)
@@ -247,7 +231,7 @@ def main(argv=None) -> dict:
                 save = str(tmp / f"{variant}.npy") if rnd == 0 else None
                 reps = 1 if variant == "scalar_rgb" else a.repeats
                 try:
-                    ms = _run_child(MITSUBA_CHILD, {**base, "variant": variant, "repeats": reps, "save": save})
+                    ms = run_child(MITSUBA_CHILD, {**base, "variant": variant, "repeats": reps, "save": save})
                 except RuntimeError as e:
                     print(f"mitsuba {variant} failed: {str(e)[-300:]}")
                     continue
@@ -272,13 +256,13 @@ def main(argv=None) -> dict:
 
     if a.mesh_tris:
         mesh = {**base, "repeats": max(1, a.repeats - 1), "mesh_tris": a.mesh_tris, "bench_dir": str(ROOT / "bench")}
-        ms = _run_child(OURS_CHILD, mesh, env)
+        ms = run_child(OURS_CHILD, mesh, env)
         res["mesh"] = {"triangles": ms[0]["triangles"], "bvh_nodes": ms[0]["bvh_nodes"], "bvh_depth": ms[0]["bvh_depth"],
                        "bvh_build_seconds": ms[0]["bvh_seconds"], "kernel": ms[0].get("kernel"),
                        "paths_per_second": float(np.median([m["paths_per_second"] for m in ms])),
                        "cornell_paths_per_second": ours_pps}
         if a.backend == "cpu":
-            ms = _run_child(OURS_CHILD, {**mesh, "one_path": True}, env)
+            ms = run_child(OURS_CHILD, {**mesh, "one_path": True}, env)
             res["mesh"]["one_path_paths_per_second"] = float(np.median([m["paths_per_second"] for m in ms]))
         if have_mi:
             import trimesh
@@ -287,7 +271,7 @@ def main(argv=None) -> dict:
             v, faces = mesh_arrays(a.mesh_tris)
             trimesh.Trimesh(v, faces, process=False).export(ply)
             try:
-                mm = _run_child(MITSUBA_CHILD, {**base, "variant": variants[0], "repeats": max(1, a.repeats - 1),
+                mm = run_child(MITSUBA_CHILD, {**base, "variant": variants[0], "repeats": max(1, a.repeats - 1),
                                                 "mesh_ply": str(ply)})
                 res["mesh"]["mitsuba_variant"] = variants[0]
                 res["mesh"]["mitsuba_paths_per_second"] = float(np.median([m["paths_per_second"] for m in mm[1:]]))
