@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-LANES = 8  # render.pt_packets.LANES
+LANES = 8  # render.pt_packets.LANES_FULL (tr_step8 serves the larger variant only)
 EDGE_SLACK = 1.0e-5  # render.pt_kernels.EDGE_SLACK
 HERE = Path(__file__).resolve().parent
 

@@ -395,8 +395,8 @@ def _device_arrays(packed: dict, backend: str) -> dict:
 
 
 # --- the entry point -------------------------------------------------------------------------------
-# On the CPU, scenes the packet kernel covers run in it (render.pt_packets: LANES paths per thread in
-# SIMD); False runs every scene in the one-path-per-thread kernel (tests compare the two).
+# On the CPU, scenes the packet kernel covers run in it (render.pt_packets: 16 or 8 paths per thread
+# in SIMD); False runs every scene in the one-path-per-thread kernel (tests compare the two).
 CPU_PACKETS = True
 
 
@@ -577,17 +577,25 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
         # lights, and scenes with none (code a scene does not need costs the vectorised loop ~25 %
         # even when skipped at run time; within the first variant each costs only 1-2 %)
         full = bool(records[:, 14].any() or records[:, 12].any() or int(params[5]) > 0)
+        # Taichi's own store-to-load forwarding and dead-store passes (cfg_optimization) took 110 of
+        # the 16-lane smaller variant's 140 s cold compile; without them it compiles in ~30 s and runs
+        # as fast, within this host's noise (LLVM does that work again anyway). The larger variant
+        # keeps them: without them rooms_ring views ran 10 % slower.
+        config = {} if full else {"cfg_optimization": False}
 
         def render_pass(w, h, v, sample0, n):
             render_pass_packets(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode,
                                 *(dev[key] for key in _PACKET_KEYS), params, records, full)
     else:
+        config = {}
+
         def render_pass(w, h, v, sample0, n):
             k.render_pass(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode, *scene_args, params, simd)
     # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
     with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
-                        "load it from Taichi's offline cache)", after=2.0 if progress else None):
+                        "load it from Taichi's offline cache)", after=2.0 if progress else None), \
+            _compile_config(**config):
         render_pass(0, 0, 0, 0, 0)
         ti.sync()
     compile_seconds = time.perf_counter() - t_c
@@ -650,12 +658,29 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
                   meta={**meta, "seed": int(seeds[v])}) for v in range(V)]
 
 
+@contextlib.contextmanager
+def _compile_config(**settings):
+    """Taichi's compile settings (CompileConfig fields) changed for the kernels compiled (or loaded
+    from its offline cache) within the block, and restored after it."""
+    import taichi as ti
+
+    cfg = ti.lang.impl.current_cfg()
+    old = {name: getattr(cfg, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(cfg, name, value)
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(cfg, name, value)
+
+
 # --- probes for tests -------------------------------------------------------------------------------
 def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backend: str = "cpu",
                packets: bool | str = False):
     """Closest hits through the kernels' BVH traversal. origins, directions: (R, 3).
     packets: through the packet kernel's own traversal and triangle test (render.pt_packets, its
-    tree, LANES rays to a packet; the CPU only); "vector": with the leaf step of its larger variant
+    tree, its smaller variant's lanes and leaf step; the CPU only); "vector": its larger variant's
     (pt_packets.trace's vector_step). Returns t (R,) float32 (inf on a miss) and the original
     triangle id (R,) int32 (-1)."""
     used, _ = init_backend(backend)
@@ -668,11 +693,10 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
     if packets:
-        from .pt_packets import FUSED, trace_rays_packets
+        from .pt_packets import trace_rays_packets
 
-        # (without FUSED both steps are the lane-by-lane code: one compiled kernel serves them)
         trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"],
-                           packets == "vector" and FUSED)
+                           packets == "vector")
     else:
         _state["kernels"].trace_rays(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"],
                                      dev["tri_blk"], simd)

@@ -1,7 +1,7 @@
-"""The CPU path tracer's packet kernel: LANES paths traced in lockstep by each thread.
+"""The CPU path tracer's packet kernel: 16 or 8 paths traced in lockstep by each thread.
 
 ``render.pt_kernels.render_pass`` traces one path at a time per thread; only its leaf triangle test
-runs in SIMD. Here every per-path quantity is a LANES-wide Taichi vector (one lane per path), so
+runs in SIMD. Here every per-path quantity is a lane-wide Taichi vector (one lane per path), so
 camera rays, traversal, shading, light sampling and the random numbers all compile to SIMD
 instructions (Taichi scalarises the vectors and LLVM's SLP vectoriser packs them again). Each
 thread owns a group of GROUP pixels of one view and a queue of their paths (pixel-major); a lane
@@ -34,12 +34,25 @@ from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS,
                          NDV3, NEE_ONLY, RAY_EPS, RR_DEPTH, STACK, corners, hi_of, light_groups, lo_of, pcg_hash)
 from .scene import FAR
 
-LANES = 8  # paths in lockstep per thread (8 x f32 = one AVX register)
+# Paths in lockstep per thread, per compiled variant (see render_pass_packets' ``full``). The smaller
+# variant (the Cornell box) runs 16: LLVM then packs its lanes into 16-wide AVX-512 instructions
+# and spreads a packet's traversal and queue over twice the paths (Cornell box 4.0 against 3.2 M
+# paths/s, the 328k-triangle mesh 0.98 against 0.81). The larger variant keeps 8 (one AVX
+# register): at 16, rooms_ring views ran 8-14 % slower (its longer code vectorises worse, and its
+# rays part ways sooner than the box's).
+LANES_LEAN = 16
+LANES_FULL = 8
 GROUP = 16  # pixels whose paths one thread's queue holds
 
-VF = ti.types.vector(LANES, ti.f32)
-VI = ti.types.vector(LANES, ti.i32)
-VU = ti.types.vector(LANES, ti.u32)
+# lane vectors by width: VF[n](x) is n lanes of x (ti.funcs take n from their arguments' .n)
+VF = {n: ti.types.vector(n, ti.f32) for n in (LANES_LEAN, LANES_FULL)}
+VI = {n: ti.types.vector(n, ti.i32) for n in (LANES_LEAN, LANES_FULL)}
+VU = {n: ti.types.vector(n, ti.u32) for n in (LANES_LEAN, LANES_FULL)}
+
+
+def lanes(full: bool) -> int:
+    """Paths in lockstep per thread in the variant ``full`` (render_pass_packets' argument)."""
+    return LANES_FULL if full else LANES_LEAN
 
 FUSED_BITCODE = Path(__file__).with_name("fused.bc")  # assembled from fused.ll beside it
 
@@ -140,11 +153,11 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template(), tri_x: ti.t
     e1 = tri_v[3 * k + 1]
     e2 = tri_v[3 * k + 2]
     n = tri_x[k]
-    det, u, v, t = VF(0.0), VF(0.0), VF(0.0), VF(0.0)
+    det, u, v, t = VF[ox.n](0.0), VF[ox.n](0.0), VF[ox.n](0.0), VF[ox.n](0.0)
     if ti.static(FUSED):  # fused.ll's tr_tri on each lane (bitcode takes local variables, by address)
         v0x, v0y, v0z, e1x, e1y, e1z, e2x, e2y, e2z, nx, ny, nz = (v0.x, v0.y, v0.z, e1.x, e1.y, e1.z, e2.x, e2.y,
                                                                    e2.z, n.x, n.y, n.z)
-        for l in ti.static(range(LANES)):
+        for l in ti.static(range(ox.n)):
             lox, loy, loz, ldx, ldy, ldz = ox[l], oy[l], oz[l], dx[l], dy[l], dz[l]
             ldet, lu, lv, lt = 0.0, 0.0, 0.0, 0.0
             FUSED_MODULE.tr_tri(ldet, lu, lv, lt, lox, loy, loz, ldx, ldy, ldz, v0x, v0y, v0z, e1x, e1y, e1z, e2x, e2y,
@@ -174,18 +187,19 @@ def tri_hit(k, ox, oy, oz, dx, dy, dz, best_t, tri_v: ti.template(), tri_x: ti.t
 
 def _leaf_step8(k, ox, oy, oz, dx, dy, dz, enter, best_t, best, bu, bv, v0, e1, e2, n):
     """(Called at compile time, in ti.static) fused.ll's tr_step8: triangle k against every lane and
-    the closest-hit update, as explicit 8-wide vector code. Returns the new (best_t, best, bu, bv).
-    Bitcode functions take local variables only, so every lane is copied into one and back."""
+    the closest-hit update, as explicit 8-wide vector code (the larger variant's LANES_FULL lanes).
+    Returns the new (best_t, best, bu, bv). Bitcode functions take local variables only, so every lane
+    is copied into one and back."""
     impl = ti.lang.impl
 
     def local(value, i=None):
         return impl.expr_init(value if i is None else impl.subscript(None, value, i))
 
     triangle = [local(vec, c) for vec in (v0, e1, e2, n) for c in range(3)]
-    ray = [local(vec, l) for vec in (ox, oy, oz, dx, dy, dz, ti.select(enter, 1, 0)) for l in range(LANES)]
-    hit = [local(vec, l) for vec in (best_t, best, bu, bv) for l in range(LANES)]
+    ray = [local(vec, l) for vec in (ox, oy, oz, dx, dy, dz, ti.select(enter, 1, 0)) for l in range(LANES_FULL)]
+    hit = [local(vec, l) for vec in (best_t, best, bu, bv) for l in range(LANES_FULL)]
     FUSED_MODULE.tr_step8(*ray, *hit, local(k), *triangle)
-    return tuple(ti.Vector(hit[j * LANES:(j + 1) * LANES]) for j in range(4))
+    return tuple(ti.Vector(hit[j * LANES_FULL:(j + 1) * LANES_FULL]) for j in range(4))
 
 
 @ti.func
@@ -220,9 +234,9 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), vector_
     iy = 1.0 / ti.select(ti.abs(dy) < 1e-20, ti.select(dy < 0.0, -1e-20, 1e-20), dy)
     iz = 1.0 / ti.select(ti.abs(dz) < 1e-20, ti.select(dz < 0.0, -1e-20, 1e-20), dz)
     best_t = t_max
-    best = VI(-1)
-    bu = VF(0.0)
-    bv = VF(0.0)
+    best = VI[ox.n](-1)
+    bu = VF[ox.n](0.0)
+    bv = VF[ox.n](0.0)
     stack = ti.Vector([0] * STACK, ti.i32)
     sp = 0
     node = 0
@@ -265,8 +279,8 @@ def trace(ox, oy, oz, dx, dy, dz, t_max, active, any_hit: ti.template(), vector_
 @ti.func
 def column(arr: ti.template(), idx, c: ti.template()):
     """arr[idx[l], c] for each lane l: one field of each lane's record."""
-    out = VF(0.0)
-    for l in ti.static(range(LANES)):
+    out = VF[idx.n](0.0)
+    for l in ti.static(range(idx.n)):
         out[l] = arr[idx[l], c]
     return out
 
@@ -275,8 +289,9 @@ def column(arr: ti.template(), idx, c: ti.template()):
 def gather3(arr: ti.template(), idx):
     """Records of three vec3 (arr[3 i], arr[3 i + 1], arr[3 i + 2]) of each lane's index i, as
     nine lane vectors: x, y, z of the first, then of the second and of the third."""
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0), VF(0.0)
-    for l in ti.static(range(LANES)):
+    z = VF[idx.n](0.0)
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = z, z, z, z, z, z, z, z, z
+    for l in ti.static(range(idx.n)):
         a0 = arr[3 * idx[l]]
         a1 = arr[3 * idx[l] + 1]
         a2 = arr[3 * idx[l] + 2]
@@ -296,12 +311,12 @@ def gather3(arr: ti.template(), idx):
 def find(cdf: ti.template(), n, u):
     """Per lane, the first index k < n with u <= cdf[k] (``pt_kernels.cdf_find``'s bin), by a
     binary search the lanes take in lockstep."""
-    lo = VI(0)
-    hi = VI(n - 1)
+    lo = VI[u.n](0)
+    hi = VI[u.n](n - 1)
     while (lo < hi).any():
         mid = (lo + hi) // 2
-        c = VF(0.0)
-        for l in ti.static(range(LANES)):
+        c = VF[u.n](0.0)
+        for l in ti.static(range(u.n)):
             c[l] = cdf[mid[l]]
         go_up = (lo < hi) & (c < u)
         go_down = (lo < hi) & ~(c < u)
@@ -319,7 +334,8 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
     """``pt_kernels.render_pass`` (same result up to float rounding) for the scenes this module
     covers, with the arguments it reads of render_pass's; prec: one record per triangle
     (render.pathtracer._packet_records); full: compiled with interpolated normals, checkers and
-    point/directional lights (else the scene has none of them)."""
+    point/directional lights (else the scene has none of them), and ``lanes(full)`` paths in lockstep."""
+    L = ti.static(lanes(full))
     n_pix = width * height
     per_view = (n_pix + GROUP - 1) // GROUP
     env_r = params[0]
@@ -337,7 +353,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
         fx, fy, fz = cams[v, 9], cams[v, 10], cams[v, 11]
         near, far = cams[v, 12], cams[v, 13]
 
-        # ---- the paths: spp per pixel, pixel-major, LANES in flight; the first pass starts each
+        # ---- the paths: spp per pixel, pixel-major, L in flight; the first pass starts each
         # pixel with its AOV ray (sample -1, through the pixel centre, ending at the first hit) ----
         extra = 1 if sample0 == 0 else 0
         per_pixel = spp + extra
@@ -347,23 +363,23 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
         # instead of divided out of its index (integer division is scalar, one per lane)
         q_pix, q_smp = 0, 0
         q_col, q_row = pix0 % width, pix0 // width
-        l_pix, l_smp, l_col, l_row = VI(0), VI(0), VI(0), VI(0)
-        live = VI(0)  # masks are i32 0/1 vectors throughout
-        ox, oy, oz = VF(0.0), VF(0.0), VF(0.0)
-        dx, dy, dz = VF(0.0), VF(0.0), VF(1.0)
-        br, bg, bb = VF(1.0), VF(1.0), VF(1.0)
-        lr, lg, lb = VF(0.0), VF(0.0), VF(0.0)
-        prev_pdf = VF(1.0)
-        prev_delta = VI(1)
-        seg = VI(0)
-        t_seg = VF(0.0)
-        state = VU(0)
-        aov = VI(0)  # the lane traces an AOV ray
-        cos_fwd = VF(1.0)  # its cosine to the camera's forward axis
+        l_pix, l_smp, l_col, l_row = VI[L](0), VI[L](0), VI[L](0), VI[L](0)
+        live = VI[L](0)  # masks are i32 0/1 vectors throughout
+        ox, oy, oz = VF[L](0.0), VF[L](0.0), VF[L](0.0)
+        dx, dy, dz = VF[L](0.0), VF[L](0.0), VF[L](1.0)
+        br, bg, bb = VF[L](1.0), VF[L](1.0), VF[L](1.0)
+        lr, lg, lb = VF[L](0.0), VF[L](0.0), VF[L](0.0)
+        prev_pdf = VF[L](1.0)
+        prev_delta = VI[L](1)
+        seg = VI[L](0)
+        t_seg = VF[L](0.0)
+        state = VU[L](0)
+        aov = VI[L](0)  # the lane traces an AOV ray
+        cos_fwd = VF[L](1.0)  # its cosine to the camera's forward axis
         while True:
             # lanes whose path ended take the next one of the queue
-            fresh = VI(0)
-            for l in ti.static(range(LANES)):
+            fresh = VI[L](0)
+            for l in ti.static(range(L)):
                 if live[l] == 0 and nxt < total:
                     l_pix[l], l_smp[l], l_col[l], l_row[l] = q_pix, q_smp, q_col, q_row
                     nxt += 1
@@ -424,10 +440,10 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             # ---- the next segment's hit ----
             t, k, b1, b2 = trace(ox, oy, oz, dx, dy, dz, t_seg, alive, False, full, node_lo, node_hi, node_i, tri_v,
                                  tri_x)
-            t_seg = VF(FAR)
+            t_seg = VF[L](FAR)
             miss = tracing & (k < 0)
             # a constant environment (maps run in render_pass)
-            w = mis_weight(prev_delta, prev_pdf, VF(env_uniform_pdf), mode)
+            w = mis_weight(prev_delta, prev_pdf, VF[L](env_uniform_pdf), mode)
             sky = miss & (has_env != 0) & (max_depth != 0)
             lr += ti.select(sky, br * env_r * w, 0.0)
             lg += ti.select(sky, bg * env_g * w, 0.0)
@@ -449,7 +465,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             # the shading normal: the geometric one where the corners' normals all equal it, else
             # interpolated (ng where that vanishes)
             nsx, nsy, nsz = gx, gy, gz
-            wind = VF(1.0)
+            wind = VF[L](1.0)
             if ti.static(full):
                 n0x, n0y, n0z, n1x, n1y, n1z, n2x, n2y, n2z = gather3(tri_n, kk)
                 b0 = 1.0 - b1 - b2  # pt_kernels.corners, lane-wise
@@ -469,8 +485,8 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 wind = ti.select((smooth != 0) & (wx * gx + wy * gy + wz * gz < 0.0), -1.0, 1.0)
             # the base colour: a checker (color1 where floor(u s) + floor(v s) is even) or the constant
             if ti.static(full):
-                uu, vv = VF(0.0), VF(0.0)
-                for l in ti.static(range(LANES)):
+                uu, vv = VF[L](0.0), VF[L](0.0)
+                for l in ti.static(range(L)):
                     uv = corners(tri_uv, kk[l], b1[l], b2[l])
                     uu[l] = uv.x
                     vv[l] = uv.y
@@ -529,15 +545,15 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             picks = do_nee & is_area & (mode != BSDF_ONLY)
             state = ti.select(do_nee, ti.select(picks, st4, st), state)
             # the sampled direction wi, the target point (area and point lights), radiance / pdf
-            wx, wy, wz = VF(0.0), VF(1.0), VF(0.0)
-            tgx, tgy, tgz = VF(0.0), VF(0.0), VF(0.0)
-            has_target = VI(0)
-            lir, lig, lib = VF(0.0), VF(0.0), VF(0.0)
-            pdf_l = VF(0.0)
+            wx, wy, wz = VF[L](0.0), VF[L](1.0), VF[L](0.0)
+            tgx, tgy, tgz = VF[L](0.0), VF[L](0.0), VF[L](0.0)
+            has_target = VI[L](0)
+            lir, lig, lib = VF[L](0.0), VF[L](0.0), VF[L](0.0)
+            pdf_l = VF[L](0.0)
             if picks.any():  # an emitter triangle picked by power, a point on it uniformly
                 pick = find(emit_cdf, n_emit, upick)
-                ke = VI(0)
-                for l in ti.static(range(LANES)):
+                ke = VI[L](0)
+                for l in ti.static(range(L)):
                     ke[l] = emit_tri[pick[l]]
                 nlx, nly, nlz, epdf = column(prec, ke, 0), column(prec, ke, 1), column(prec, ke, 2), column(prec, ke, 3)
                 eer, eeg, eeb = column(prec, ke, 7), column(prec, ke, 8), column(prec, ke, 9)
@@ -569,9 +585,9 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
                 lib = ti.select(ok, eeb * inv_p, lib)
             dl = do_nee & is_delta
             if ti.static(full):  # a point or directional light
-                kind = VI(0)
+                kind = VI[L](0)
                 li = ti.min(ti.max(g - area_group, 0), ti.max(n_delta - 1, 0))
-                for l in ti.static(range(LANES)):
+                for l in ti.static(range(L)):
                     kind[l] = light_i[li[l]]
                 pox, poy, poz, dix, diy, diz, pwr, pwg, pwb = gather3(light_f, li)
                 point = dl & (kind == 0)
@@ -651,7 +667,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
             bg = ti.select(cont, bg * cag, bg)
             bb = ti.select(cont, bb * cab, bb)
             prev_pdf = pdf
-            prev_delta = VI(0)
+            prev_delta = VI[L](0)
             off = ti.select(gx * ndx + gy * ndy + gz * ndz >= 0.0, scale, -scale)
             ox = px + gx * off
             oy = py + gy * off
@@ -671,7 +687,7 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
 
             # ---- paths that ended: their radiance to their pixel, the lane to the queue ----
             done = alive & ~cont
-            for l in ti.static(range(LANES)):
+            for l in ti.static(range(L)):
                 if done[l]:
                     at = v * n_pix + pix[l]
                     if aov[l] == 0:
@@ -694,27 +710,29 @@ def render_pass_packets(accum: NDV3, depth: NDF, normal: NDV3, albedo: NDV3, obj
 
 @ti.kernel
 def trace_rays_packets(origins: NDV3, directions: NDV3, t_out: NDF, tri_out: NDI, node_lo: NDV3, node_hi: NDV3,
-                       node_i: NDI3, tri_v: NDV3, tri_x: NDV3, vector_step: ti.template()):
-    """Closest hit of each ray through this kernel's own traversal and triangle test, LANES rays
-    to a packet (for tests against render.bvh's brute force); tri_out in leaf order, -1 on a miss.
-    vector_step: the leaf loop of the kernel's larger variant (see ``trace``)."""
+                       node_i: NDI3, tri_v: NDV3, tri_x: NDV3, full: ti.template()):
+    """Closest hit of each ray through this kernel's own traversal and triangle test, as the render
+    kernel's variant ``full`` runs it (``lanes(full)`` rays to a packet; the larger variant's leaf
+    step, see ``trace``), for tests against render.bvh's brute force; tri_out in leaf order, -1 on a
+    miss."""
+    L = ti.static(lanes(full))
     n = origins.shape[0]
-    for g in range((n + LANES - 1) // LANES):
-        ox, oy, oz = VF(0.0), VF(0.0), VF(0.0)
-        dx, dy, dz = VF(0.0), VF(0.0), VF(1.0)
-        active = VI(0)
-        for l in ti.static(range(LANES)):
-            r = g * LANES + l
+    for g in range((n + L - 1) // L):
+        ox, oy, oz = VF[L](0.0), VF[L](0.0), VF[L](0.0)
+        dx, dy, dz = VF[L](0.0), VF[L](0.0), VF[L](1.0)
+        active = VI[L](0)
+        for l in ti.static(range(L)):
+            r = g * L + l
             if r < n:
                 o = origins[r]
                 d = directions[r]
                 ox[l], oy[l], oz[l] = o.x, o.y, o.z
                 dx[l], dy[l], dz[l] = d.x, d.y, d.z
                 active[l] = 1
-        t, k, _, _ = trace(ox, oy, oz, dx, dy, dz, VF(FAR), active != 0, False, vector_step, node_lo, node_hi, node_i,
-                           tri_v, tri_x)
-        for l in ti.static(range(LANES)):
-            r = g * LANES + l
+        t, k, _, _ = trace(ox, oy, oz, dx, dy, dz, VF[L](FAR), active != 0, False, full, node_lo, node_hi, node_i, tri_v,
+                           tri_x)
+        for l in ti.static(range(L)):
+            r = g * L + l
             if r < n:
                 t_out[r] = t[l] if k[l] >= 0 else ti.math.inf
                 tri_out[r] = k[l]

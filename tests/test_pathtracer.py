@@ -749,7 +749,7 @@ def test_fused_ir_is_written_by_its_generator():
     from render import fused_ir, pt_kernels, pt_packets
 
     assert pt_packets.FUSED_BITCODE.with_suffix(".ll").read_text() == fused_ir.source()
-    assert fused_ir.LANES == pt_packets.LANES and fused_ir.EDGE_SLACK == pt_kernels.EDGE_SLACK
+    assert fused_ir.LANES == pt_packets.LANES_FULL and fused_ir.EDGE_SLACK == pt_kernels.EDGE_SLACK
 
 
 def test_fused_bitcode_is_linked_from_a_copy_named_by_its_content():
