@@ -48,9 +48,18 @@ CHILD = textwrap.dedent("""
     if args["one_path"]:
         import render.pathtracer
         render.pathtracer.CPU_PACKETS = False
+    views = args.get("views", 1)
+    if views > 1:  # a family scene's views in one launch, as a dataset renders them
+        import numpy as np
+        from render.families import FAMILIES
+        cams = FAMILIES[args["scene"]].cameras(np.random.default_rng([0, 0, 1]), views, args["size"], args["size"])
     rates = []
     for r in range(args["repeats"]):
-        f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
+        if views > 1:
+            f = render.pathtrace_views(scene, cams, spp=args["spp"], max_depth=args["depth"],
+                                       seeds=[r * views + i for i in range(views)], backend=args["backend"])[0]
+        else:
+            f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
         if r == 0:
             first = f.meta
         else:
@@ -108,8 +117,8 @@ def run(args: argparse.Namespace) -> None:
     scene = str(Path(args.scene).resolve()) if Path(args.scene).is_file() else args.scene  # children run elsewhere
     settings = {"scene": scene, "size": args.size, "spp": args.spp, "depth": args.depth,
                 "backend": args.backend, "repeats": args.repeats, "rounds": args.rounds,
-                "one_path": args.one_path, "trees": trees}
-    child_args = {k: settings[k] for k in ("scene", "size", "spp", "depth", "backend", "repeats", "one_path")}
+                "one_path": args.one_path, "views": args.views, "trees": trees}
+    child_args = {k: settings[k] for k in ("scene", "size", "spp", "depth", "backend", "repeats", "one_path", "views")}
     per: dict[str, list[dict]] = {t: [] for t in trees}
     for rnd in range(args.rounds):
         for t in trees:
@@ -162,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--repeats", type=int, default=4, help="renders per process; the first is not timed")
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--one-path", action="store_true", help="the CPU's one-path kernel instead of packets")
+    r.add_argument("--views", type=int, default=1, help="with a family --scene: this many of its cameras' views "
+                   "in one launch, as datasets render them (the table's image hash is the first view's)")
     r.add_argument("--child-timeout", type=float, default=600)
     r.add_argument("--out", type=Path, default=RESULTS / "ab.json")
     args = ap.parse_args(argv)
