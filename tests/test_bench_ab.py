@@ -82,3 +82,41 @@ def test_prepare_exports_a_revision_and_the_working_tree(tmp_path):
     assert (tmp_path / "work" / "COMMIT").read_text().strip() == head + "+work"
     with pytest.raises(SystemExit, match="nosuchrev"):
         ab.main(["prepare", "nosuchrev", "--dir", str(tmp_path)])
+
+
+FAKE_VIEWS = textwrap.dedent("""
+    import numpy as np
+    RATE = 2.0
+    class _F:
+        def __init__(self, seed):
+            self.rgb = np.zeros((2, 2, 3), np.float32)
+            self.depth = np.ones((2, 2), np.float32)
+            self.meta = {"paths_per_second": RATE * 1e6 * (1 + seed), "device": "fake", "kernel": "k"}
+    def make_scene(name, seed, width, height):
+        return (name, width, height)
+    def pathtrace_views(scene, cameras, spp, max_depth, seeds, backend):
+        assert scene == ("rooms_ring", 16, 16) and cameras == [("cam", i, 16) for i in range(3)]
+        return [_F(s) for s in seeds]
+""")
+FAKE_FAMILIES = textwrap.dedent("""
+    class _Family:
+        def cameras(self, rng, n, width, height):
+            return [("cam", i, width) for i in range(n)]
+    FAMILIES = {"rooms_ring": _Family()}
+""")
+
+
+def test_views_renders_a_family_scene_s_views_in_one_call(tmp_path):
+    # --views N: N cameras of the family in one pathtrace_views call, as a dataset renders a scene;
+    # the seeds run on per render (r * N + view), so each timed render's first view has seed r * N
+    (tmp_path / "t" / "render").mkdir(parents=True)
+    (tmp_path / "t" / "render" / "__init__.py").write_text(FAKE_VIEWS + "FAMILIES = {'rooms_ring': None}\n")
+    (tmp_path / "t" / "render" / "families.py").write_text(FAKE_FAMILIES)
+    (tmp_path / "t" / "COMMIT").write_text("t\n")
+    out = tmp_path / "ab.json"
+    ab.main(["run", "--dir", str(tmp_path), "--trees", "t", "--scene", "rooms_ring", "--size", "16", "--views", "3",
+             "--repeats", "3", "--rounds", "1", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    (tree,) = doc["results"]["trees"]
+    assert tree["M paths/s"] == pytest.approx(2.0 * (4 + 7) / 2)  # seeds 3 and 6 timed: rate x 4 and x 7
+    assert doc["settings"]["views"] == 3
