@@ -10,6 +10,7 @@ from typing import Any
 
 import tomli_w
 
+from .errors import SceneError
 from .image_io import write_text_atomic
 from .scene import Scene
 
@@ -59,7 +60,11 @@ def scene_to_dict(scene: Scene, out_dir: str | Path | None = None) -> dict[str, 
         mats[m.name] = d
     desc["materials"] = mats
     objs = []
-    for o in scene.objects:
+    for i, o in enumerate(scene.objects):
+        if o.shape == "mesh" and not o.params.get("file"):  # arrays built in code: TOML can only name a file
+            raise SceneError(scene.source, f"objects[{i}]",
+                             f"mesh '{o.name}' has no file, so it cannot be written as TOML; save its triangles "
+                             "with trimesh (e.g. a .ply) and set its file to that path")
         d = {"shape": o.shape, "name": o.name, "material": o.material}
         for k, v in o.params.items():
             if v is None:

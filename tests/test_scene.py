@@ -372,3 +372,18 @@ def test_ctrl_c_during_trimesh_import_is_not_swallowed():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          preexec_fn=sigint_as_from_a_terminal)
     assert (res.returncode, res.stdout.strip()) == (0, "interrupted"), res.stdout + res.stderr
+
+
+def test_saving_a_mesh_built_in_code_is_refused_by_name(tmp_path):
+    # a mesh object with arrays but no file (built with dataclasses.replace, as bench/pathtracer.py's
+    # mesh scene is) used to be written without its triangles: a TOML that no longer loads
+    import dataclasses
+
+    from render.scene import SceneObject
+
+    base = render.cornell_box()
+    s = dataclasses.replace(base, objects=base.objects + (SceneObject("blob", "mesh", "white"),))
+    out = tmp_path / "blob.toml"
+    with pytest.raises(render.SceneError, match=r"objects\[\d+\]: mesh 'blob' has no file"):
+        save_scene(s, out)
+    assert not out.exists()
