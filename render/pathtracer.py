@@ -570,6 +570,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
     if packets:
+        from .pt_packets import lanes as lanes_of
         from .pt_packets import render_pass_packets
 
         records = _packet_records(packed)
@@ -644,7 +645,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     meta = {
         "renderer": "path", "spp": done, "spp_requested": int(spp), "passes": passes, "max_depth": max_d,
         "strategy": strategy, "backend": used, "device": device, "kernel": "packet" if packets else "path",
-        "width": W, "height": H, "views": V,
+        "lanes": lanes_of(full) if packets else 1, "width": W, "height": H, "views": V,
         "paths_per_second": V * W * H * done / max(render_seconds, 1e-9),
         "compile_seconds": compile_seconds, "render_seconds": render_seconds,
         "first_pass_seconds": first_pass_seconds, "total_seconds": time.perf_counter() - t_start,

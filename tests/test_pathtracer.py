@@ -1036,15 +1036,20 @@ def both_kernels(monkeypatch, scene, **kw):
     return packet, path
 
 
+@pytest.mark.parametrize("variant", ["full", "lean"])
 @pytest.mark.parametrize("strategy,max_depth", [("mis", 8), ("mis", -1), ("nee", 3), ("bsdf", 3), ("mis", 1),
                                                 ("mis", 0)])
-def test_packet_kernel_renders_the_one_path_kernels_image(monkeypatch, strategy, max_depth):
+def test_packet_kernel_renders_the_one_path_kernels_image(monkeypatch, strategy, max_depth, variant):
     # The packet kernel traces radiance()'s paths with radiance()'s random numbers in the same order,
-    # 8 paths in lockstep: the images agree to float rounding, pixel by pixel (a path whose float
-    # rounding tips a Russian roulette or an edge test the other way may differ, so a handful of
-    # pixels may), and so do the AOVs of the first pass
-    packet, path = both_kernels(monkeypatch, packet_scene(), spp=8, seed=3, strategy=strategy,
-                                max_depth=max_depth)
+    # 8 (its larger variant: packet_scene's point and directional lights) or 16 (its smaller one:
+    # the Cornell box) paths in lockstep: the images agree to float rounding, pixel by pixel (a path
+    # whose float rounding tips a Russian roulette or an edge test the other way may differ, so a
+    # handful of pixels may), and so do the AOVs of the first pass
+    # (not square: in a square image of the box, pixel centres on the diagonals lie on the room's
+    # creases, where the two kernels' trees may pick either wall)
+    scene = packet_scene() if variant == "full" else render.cornell_box(width=24, height=20)
+    packet, path = both_kernels(monkeypatch, scene, spp=8, seed=3, strategy=strategy, max_depth=max_depth)
+    assert packet.meta["lanes"] == (8 if variant == "full" else 16)
     if max_depth == 0:
         assert not packet.rgb.any() and not path.rgb.any()
     else:
@@ -1053,8 +1058,10 @@ def test_packet_kernel_renders_the_one_path_kernels_image(monkeypatch, strategy,
         assert close.mean() > 0.99, close.mean()
         np.testing.assert_allclose(packet.rgb.mean((0, 1)), path.rgb.mean((0, 1)), rtol=2e-3)
     same = packet.object_id == path.object_id
-    assert same.mean() > 0.99
-    np.testing.assert_allclose(packet.depth[same], path.depth[same], rtol=1e-5)
+    assert same.mean() > (0.99 if variant == "full" else 0.95)
+    # where the ids differ, both rays hit the same point (a crease of the box, where each kernel's
+    # tree may pick either wall)
+    np.testing.assert_allclose(packet.depth, path.depth, rtol=1e-5)
     np.testing.assert_allclose(packet.normal[same], path.normal[same], atol=1e-5)
     np.testing.assert_allclose(packet.albedo[same], path.albedo[same], atol=1e-6)
 
