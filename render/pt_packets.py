@@ -36,10 +36,10 @@ from .scene import FAR
 
 # Paths in lockstep per thread, per compiled variant (see render_pass_packets' ``full``). The smaller
 # variant (the Cornell box) runs 16: LLVM then packs its lanes into 16-wide AVX-512 instructions
-# and spreads a packet's traversal and queue over twice the paths (Cornell box 4.0 against 3.2 M
-# paths/s, the 328k-triangle mesh 0.98 against 0.81). The larger variant keeps 8 (one AVX
-# register): at 16, rooms_ring views ran 8-14 % slower (its longer code vectorises worse, and its
-# rays part ways sooner than the box's).
+# and spreads a packet's traversal and queue over twice the paths (Cornell box 4.32 against 3.70 M
+# paths/s in six alternating rounds, the 328k-triangle mesh 0.98 against 0.81). The larger variant
+# keeps 8 (one AVX register): at 16, rooms_ring views ran 8-14 % slower (why is not measured: its
+# longer code, or its rays parting ways sooner than the box's, are the likely causes).
 LANES_LEAN = 16
 LANES_FULL = 8
 GROUP = 16  # pixels whose paths one thread's queue holds
@@ -53,6 +53,7 @@ VU = {n: ti.types.vector(n, ti.u32) for n in (LANES_LEAN, LANES_FULL)}
 def lanes(full: bool) -> int:
     """Paths in lockstep per thread in the variant ``full`` (render_pass_packets' argument)."""
     return LANES_FULL if full else LANES_LEAN
+
 
 FUSED_BITCODE = Path(__file__).with_name("fused.bc")  # assembled from fused.ll beside it
 
