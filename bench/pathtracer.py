@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
         save = str(tmp / "reference.npy")
         try:
             run_child(MITSUBA_CHILD, {"size": a.size, "spp": a.make_reference, "depth": a.depth, "variant": variants[0],
-                                       "repeats": 1, "save": save, "seed_offset": 1000})
+                                      "repeats": 1, "save": save, "seed_offset": 1000})
             ref = np.load(save)
             ref_name = f"mitsuba {variants[0]}, {a.make_reference} spp, box filter (rendered in this run)"
         except RuntimeError as e:
@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
             trimesh.Trimesh(v, faces, process=False).export(ply)
             try:
                 mm = run_child(MITSUBA_CHILD, {**base, "variant": variants[0], "repeats": max(1, a.repeats - 1),
-                                                "mesh_ply": str(ply)})
+                                               "mesh_ply": str(ply)})
                 res["mesh"]["mitsuba_variant"] = variants[0]
                 res["mesh"]["mitsuba_paths_per_second"] = float(np.median([m["paths_per_second"] for m in mm[1:]]))
             except RuntimeError as e:
