@@ -570,33 +570,26 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
     if packets:
+        from .pt_packets import compile_settings, render_pass_packets
         from .pt_packets import lanes as lanes_of
-        from .pt_packets import render_pass_packets
 
         records = _packet_records(packed)
         # two compiled variants: scenes with interpolated normals, checkers or point/directional
         # lights, and scenes with none (code a scene does not need costs the vectorised loop ~25 %
         # even when skipped at run time; within the first variant each costs only 1-2 %)
         full = bool(records[:, 14].any() or records[:, 12].any() or int(params[5]) > 0)
-        # Taichi's own store-to-load forwarding and dead-store passes (cfg_optimization) took 110 of
-        # the 16-lane smaller variant's 140 s cold compile; without them it compiles in ~30 s and runs
-        # as fast, within this host's noise (LLVM does that work again anyway). The larger variant
-        # keeps them: without them rooms_ring views ran 10 % slower.
-        config = {} if full else {"cfg_optimization": False}
 
         def render_pass(w, h, v, sample0, n):
             render_pass_packets(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode,
                                 *(dev[key] for key in _PACKET_KEYS), params, records, full)
     else:
-        config = {}
-
         def render_pass(w, h, v, sample0, n):
             k.render_pass(accum, *aovs, w, h, v, sample0, n, *views_args, max_d, mode, *scene_args, params, simd)
     # Compile (or load from the offline cache) with an empty launch, so the timings separate the two.
     t_c = time.perf_counter()
     with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
                         "load it from Taichi's offline cache)", after=2.0 if progress else None), \
-            _compile_config(**config):
+            _compile_config(**(compile_settings(full) if packets else {})):
         render_pass(0, 0, 0, 0, 0)
         ti.sync()
     compile_seconds = time.perf_counter() - t_c
