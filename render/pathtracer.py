@@ -32,6 +32,7 @@ from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
 from .scene import DIFFUSE, EMITTER, FAR, MAX_COORDINATE, Scene
+from .ti_frontend import memoized_frontend
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -589,7 +590,7 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
     t_c = time.perf_counter()
     with notice_if_slow("compiling the path tracer's Taichi kernel (first run only, up to a minute; later runs "
                         "load it from Taichi's offline cache)", after=2.0 if progress else None), \
-            _compile_config(**(compile_settings(full) if packets else {})):
+            _compile_config(**(compile_settings(full) if packets else {})), memoized_frontend():
         render_pass(0, 0, 0, 0, 0)
         ti.sync()
     compile_seconds = time.perf_counter() - t_c
