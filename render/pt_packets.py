@@ -200,6 +200,8 @@ def _leaf_step8(k, ox, oy, oz, dx, dy, dz, enter, best_t, best, bu, bv, v0, e1, 
     the closest-hit update, as explicit 8-wide vector code (the larger variant's LANES_FULL lanes).
     Returns the new (best_t, best, bu, bv). Bitcode functions take local variables only, so every lane
     is copied into one and back."""
+    if ox.n != 8:  # trace's vector_step is for 8-lane packets only (today the larger variant's)
+        raise ValueError(f"fused.ll's tr_step8 tests 8 lanes, not the packet's {ox.n}")
     impl = ti.lang.impl
 
     def local(value, i=None):
