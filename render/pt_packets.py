@@ -35,13 +35,23 @@ from .pt_kernels import (BOX_SLACK, BSDF_ONLY, EDGE_SLACK, EMITTER, INV_PI, MIS,
 from .scene import FAR
 
 # Paths in lockstep per thread, per compiled variant (see render_pass_packets' ``full``). The smaller
-# variant (the Cornell box) runs 16: LLVM then packs its lanes into 16-wide AVX-512 instructions
-# and spreads a packet's traversal and queue over twice the paths (Cornell box 4.32 against 3.70 M
-# paths/s in six alternating rounds, the 328k-triangle mesh 0.98 against 0.81). The larger variant
-# keeps 8 (one AVX register): at 16, rooms_ring views ran 8-14 % slower (why is not measured: its
-# longer code, or its rays parting ways sooner than the box's, are the likely causes).
-LANES_LEAN = 16
+# variant (the Cornell box) runs 16 on a CPU with AVX-512: LLVM then packs its lanes into 16-wide
+# instructions and spreads a packet's traversal and queue over twice the paths (Intel Xeon, Emerald
+# Rapids: Cornell box 4.32 against 3.70 M paths/s in six alternating rounds, the 328k-triangle mesh
+# 0.98 against 0.81). Without AVX-512 each 16-lane vector takes two 8-wide registers, and 8 lanes
+# are faster (AMD EPYC, Zen 3, AVX2: Cornell box 3.24 against 2.69 M paths/s, ahead in four
+# rounds of four). The larger variant keeps 8 (one AVX register) everywhere: at 16, rooms_ring
+# views ran 8-14 % slower on the Xeon (why is not measured: its longer code, or its rays parting
+# ways sooner than the box's, are the likely causes).
 LANES_FULL = 8
+
+
+def lean_lanes(flags: set[str]) -> int:
+    """The smaller variant's paths per thread on a CPU with these feature flags (cpuinfo.cpu_flags)."""
+    return 16 if "avx512f" in flags else 8
+
+
+LANES_LEAN = lean_lanes(cpu_flags())
 GROUP = 16  # pixels whose paths one thread's queue holds
 
 # lane vectors by width: VF[n](x) is n lanes of x (ti.funcs take n from their arguments' .n)
@@ -59,7 +69,8 @@ def compile_settings(full: bool) -> dict:
     """Taichi CompileConfig fields to compile the variant ``full`` with (render.pathtracer's
     _compile_config). Taichi's own store-to-load forwarding and dead-store passes (cfg_optimization)
     took 110 of the 16-lane smaller variant's 140 s cold compile; without them it compiles in ~30 s
-    and runs as fast, within the host's noise (LLVM does that work again anyway). The larger variant
+    and runs as fast, within the host's noise (LLVM does that work again anyway; at 8 lanes on an
+    AVX2 CPU, 3.24 against 3.36 M paths/s with them, four alternating rounds). The larger variant
     keeps them: without them rooms_ring views ran 10 % slower."""
     return {} if full else {"cfg_optimization": False}
 
