@@ -6,8 +6,8 @@ with ``ti.static``, ti.funcs inlined at many sites) much of that time goes to wo
 does not change within a compile:
 
 - the source position of each AST node it visits, formatted for error messages through
-  ``textwrap`` (23,155 calls on 3,876 distinct nodes for the Cornell box's 16-lane kernel), computed again
-  for each inlined copy of a ti.func and each unrolled iteration;
+  ``textwrap`` (23,155 calls on 3,876 distinct nodes for the Cornell box's 16-lane kernel),
+  computed again for each inlined copy of a ti.func and each unrolled iteration;
 - the source file and lines of each ti.func, read again at every call site it is inlined at.
 
 ``memoized_frontend()`` memoizes exactly those calls while the block runs: every result is the one
@@ -41,14 +41,11 @@ def _memo_pos_info(get_pos_info, memo: dict):
 
 
 def _memo_per_object(fn, memo: dict, copy=lambda result: result):
+    # (Taichi passes these a ti.func's or kernel's Python function: always hashable)
     def memoized(obj):
-        try:
-            result = memo[obj]
-        except KeyError:
-            result = memo[obj] = fn(obj)
-        except TypeError:  # unhashable: not memoized
-            return fn(obj)
-        return copy(result)
+        if obj not in memo:
+            memo[obj] = fn(obj)
+        return copy(memo[obj])
 
     return memoized
 
