@@ -51,7 +51,8 @@ def lean_lanes(flags: set[str]) -> int:
     return 16 if "avx512f" in flags else 8
 
 
-LANES_LEAN = lean_lanes(cpu_flags())
+CPU_FLAGS = cpu_flags()  # read once: the lanes below and the fused triangle test's FMA check
+LANES_LEAN = lean_lanes(CPU_FLAGS)
 GROUP = 16  # pixels whose paths one thread's queue holds
 
 # lane vectors by width: VF[n](x) is n lanes of x (ti.funcs take n from their arguments' .n)
@@ -79,7 +80,7 @@ FUSED_BITCODE = Path(__file__).with_name("fused.bc")  # assembled from fused.ll 
 
 
 def _cpu_has_fma() -> bool:
-    return "fma" in cpu_flags()
+    return "fma" in CPU_FLAGS
 
 
 # The triangle test's multiply-adds fused (render/fused.ll): x86-64 Linux, the data layout that module
