@@ -75,6 +75,25 @@ def test_shard_splits_and_workers_give_the_same_bytes(reference, tmp_path):
     same_tree(reference, pool)
 
 
+def test_a_worker_gets_its_next_shard_while_this_process_is_busy(tmp_path):
+    # A thread of the calling process hands each worker its next shard the moment it returns one.
+    # Before, shards were handed out only between the calling process's own shards, which left a
+    # worker idle for up to a shard's time after each of its own; with the calling process held up
+    # here, the worker would never get a second shard and this would time out.
+    cfg = DatasetConfig("rooms_ring", scenes=6, views=1, size=16, shard_size=1, seed=3)
+    out = tmp_path / "ds"
+
+    def hold(j: int) -> None:
+        if j == 0:  # the calling process's first shard: wait until the worker has made three more
+            deadline = time.monotonic() + 120
+            while len(list(out.glob("shard-*"))) < 4:
+                assert time.monotonic() < deadline, sorted(p.name for p in out.glob("shard-*"))
+                time.sleep(0.05)
+
+    generate(cfg, out, workers=2, progress=False, on_shard=hold)
+    assert verify(out) == [] and len(list(out.glob("shard-*"))) == 6
+
+
 def test_a_starting_part_leaves_the_other_parts_temporaries_alone(reference, tmp_path):
     # part 1 of 2 is (as if) writing shard 1 when part 0 starts in the same folder
     busy = tmp_path / ".shard-00001.tmp-writing"
