@@ -32,7 +32,7 @@ from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
 from .scene import DIFFUSE, EMITTER, FAR, MAX_COORDINATE, Scene
-from .ti_frontend import memoized_frontend
+from .ti_frontend import memoized_frame_info, memoized_frontend
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -124,7 +124,7 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
     if ours:
         os.environ["TI_ENABLE_PYBUF"] = "0"
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), memoized_frame_info():  # (see render.ti_frontend)
             import taichi as ti
     finally:
         if ours:
@@ -156,7 +156,8 @@ def init_backend(backend: str = "auto") -> tuple[str, str]:
         with contextlib.redirect_stdout(sys.stderr):
             ti.init(arch=ti.cpu, **kwargs)
         used = "cpu"
-    from . import pt_kernels
+    with memoized_frontend():  # (its ti.func decorators: see render.ti_frontend)
+        from . import pt_kernels
 
     _state.update(backend=used, device=_gpu_name() if used == "gpu" else _cpu_name(), kernels=pt_kernels)
     return used, _state["device"]
@@ -571,8 +572,9 @@ def pathtrace_views(scene: Scene, cameras, *, spp: int, max_depth: int = 8, seed
 
     aovs = (depth_arr, normal_arr, albedo_arr, obj_arr)
     if packets:
-        from .pt_packets import compile_settings, render_pass_packets
-        from .pt_packets import lanes as lanes_of
+        with memoized_frontend():
+            from .pt_packets import compile_settings, render_pass_packets
+            from .pt_packets import lanes as lanes_of
 
         records = _packet_records(packed)
         # two compiled variants: scenes with interpolated normals, checkers or point/directional
@@ -688,7 +690,8 @@ def trace_rays(scene: Scene, origins: np.ndarray, directions: np.ndarray, backen
     t = np.zeros(len(o), np.float32)
     tri = np.zeros(len(o), np.int32)
     if packets:
-        from .pt_packets import trace_rays_packets
+        with memoized_frontend():
+            from .pt_packets import trace_rays_packets
 
         trace_rays_packets(o, d, t, tri, dev["node_lo"], dev["node_hi"], dev["node_i"], dev["tri_v"], dev["tri_x"],
                            packets == "vector")

@@ -1,5 +1,8 @@
 """render.ti_frontend: memoizing Taichi's frontend helpers must not change what they return."""
 
+import inspect
+import sys
+
 import numpy as np
 import pytest
 import taichi as ti
@@ -7,7 +10,7 @@ from taichi.lang import kernel_impl
 from taichi.lang.ast.ast_transformer_utils import ASTTransformerContext
 
 from render.pathtracer import init_backend
-from render.ti_frontend import memoized_frontend
+from render.ti_frontend import memoized_frame_info, memoized_frontend
 
 
 def make_kernel(broken=False):
@@ -93,3 +96,57 @@ def test_other_taichi_versions_are_left_alone(monkeypatch):
     with memoized_frontend() as active:
         assert not active
         assert ASTTransformerContext.get_pos_info is before
+
+
+@pytest.fixture
+def counted_frame_info(monkeypatch):
+    """inspect.getframeinfo, counting the calls that reach it."""
+    original = inspect.getframeinfo
+    calls = []
+
+    def counting(frame, context=1):
+        calls.append(frame)
+        return original(frame, context)
+
+    monkeypatch.setattr(inspect, "getframeinfo", counting)
+    return original, counting, calls
+
+
+def test_frame_info_is_inspects_own_once_per_frame_and_instruction(counted_frame_info):
+    original, counting, calls = counted_frame_info
+
+    def paused():
+        yield sys._getframe()
+        yield None
+
+    steps = paused()
+    frame = next(steps)  # suspended at its first yield
+    with memoized_frame_info():
+        first = [inspect.getframeinfo(frame) for _ in range(3)]
+        assert len(calls) == 1 and all(info == original(frame) for info in first)
+        next(steps)  # the same frame at its second yield: another line, asked again
+        second = inspect.getframeinfo(frame)
+        assert len(calls) == 2 and second == original(frame) and second.lineno == first[0].lineno + 1
+        try:
+            raise ValueError
+        except ValueError as e:  # a traceback object is passed through, not memoized
+            tb = e.__traceback__
+        assert inspect.getframeinfo(tb) == inspect.getframeinfo(tb) == original(tb) and len(calls) == 4
+    assert inspect.getframeinfo is counting  # restored on exit
+
+
+def test_module_level_ti_funcs_ask_about_the_import_frame_once(counted_frame_info, tmp_path, monkeypatch):
+    # Each @ti.func decorator asks inspect about the frame three levels up, which for a module-level
+    # decorator is the import system's frame running the module: the same frame at the same
+    # instruction for all of them. (Unmemoized, each such call scans every loaded module.)
+    calls = counted_frame_info[2]
+    (tmp_path / "many_funcs.py").write_text(
+        "import taichi as ti\n" + "".join(f"@ti.func\ndef f{i}(x):\n    return x + {i}\n\n" for i in range(12)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with memoized_frame_info():
+        import many_funcs
+    assert 1 <= len(calls) <= 2, len(calls)
+    monkeypatch.delitem(sys.modules, "many_funcs")
+    calls.clear()
+    import many_funcs  # noqa: F401 - the same module again, without the memo
+    assert len(calls) >= 12
