@@ -8,8 +8,11 @@ render/, uncommitted changes included) to ``.dev/ab/<label>/``, a git-ignored fo
 GPU machine receives when it is carried with the working tree. ``run`` needs no git: it renders the
 scene with each tree's own ``render`` package in its own process (its own Taichi offline cache), tree
 after tree, ``--rounds`` times, so that the host's changing speed hits every tree alike. Each process
-renders ``--repeats`` times; the first render (compile or cache load) is not timed. It prints a table
-(median M paths/s over the rounds, ratio to the first tree that ran, hashes of the image and depth AOV so a
+renders ``--repeats`` times; the first render (compile or cache load) is not timed for throughput: it
+renders in passes, as ``trirender render`` does, and the time from the process's start to the end of its
+first pass is its start time (reported as "warm start" over the rounds after the first, whose start
+compiled into the tree's empty cache; one-view scenes only). It prints a table (median M paths/s over
+the rounds, ratio to the first tree that ran, median warm start, hashes of the image and depth AOV so a
 change that should keep the image can be seen to) and saves JSON with the machine, versions and
 settings (default ``bench/results/ab.json``).
 
@@ -38,7 +41,8 @@ DEFAULT_DIR = ROOT / ".dev" / "ab"
 
 # Runs in a fresh process (bench.common.run_child) with one tree's render/ first on sys.path.
 CHILD = textwrap.dedent("""
-    import hashlib, json, statistics, sys
+    import hashlib, json, statistics, sys, time
+    t0 = time.perf_counter()
     args = json.loads(sys.argv[1])
     import render
     if args["scene"] in render.FAMILIES:
@@ -58,15 +62,19 @@ CHILD = textwrap.dedent("""
         if views > 1:
             f = render.pathtrace_views(scene, cams, spp=args["spp"], max_depth=args["depth"],
                                        seeds=[r * views + i for i in range(views)], backend=args["backend"])[0]
-        else:
-            f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"])
+        else:  # the first in passes, as `trirender render` renders: its first pass ends the start
+            t_call = time.perf_counter() - t0
+            f = render.pathtrace(scene, spp=args["spp"], max_depth=args["depth"], seed=r, backend=args["backend"],
+                                 interruptible=r == 0)
         if r == 0:
             first = f.meta
+            start = t_call + first["first_pass_seconds"] if "first_pass_seconds" in first and views == 1 else None
         else:
             rates.append(f.meta["paths_per_second"] / 1e6)
     sha = lambda a: hashlib.sha1(a.tobytes()).hexdigest()[:12]
     print("RESULT" + json.dumps({"mpaths": statistics.median(rates), "all": rates, "rgb_sha": sha(f.rgb),
                              "depth_sha": sha(f.depth), "first_seconds": first.get("compile_seconds"),
+                             "start_seconds": start,
                              "device": f.meta.get("device"), "kernel": f.meta.get("kernel")}))
 """)
 
@@ -142,13 +150,17 @@ def run(args: argparse.Namespace) -> None:
             continue
         med = statistics.median(r["mpaths"] for r in per[t])
         base = base or med
+        # process start to the end of the first pass, on a warm offline cache: each tree's first round
+        # compiled into its own empty cache
+        warm = [r["start_seconds"] for r in per[t][1:] if r.get("start_seconds") is not None]
         rows.append({"tree": t, "commit": (args.dir / t / "COMMIT").read_text().strip(),
                      "M paths/s": round(med, 2), "rounds": " ".join(f"{r['mpaths']:.1f}" for r in per[t]),
                      "ratio": round(med / base, 3), "rgb_sha": per[t][-1]["rgb_sha"],
                      "depth_sha": per[t][-1]["depth_sha"], "device": per[t][-1]["device"],
+                     "warm start s": round(statistics.median(warm), 2) if warm else "",
                      "kernel": per[t][-1].get("kernel")})
     print()
-    print(table(rows, ["tree", "commit", "M paths/s", "ratio", "rounds", "rgb_sha", "depth_sha"]))
+    print(table(rows, ["tree", "commit", "M paths/s", "ratio", "rounds", "warm start s", "rgb_sha", "depth_sha"]))
     print(f"saved {save('ab', settings, {'trees': rows, 'runs': per}, args.out, modules=('taichi',))}")
     if any(not per[t] for t in trees):
         raise SystemExit(f"no result for {', '.join(t for t in trees if not per[t])} (their errors are above)")

@@ -26,21 +26,26 @@ FAKE_RENDER = textwrap.dedent("""
             self.meta = {{"paths_per_second": RATE * 1e6 * (1 + seed), "device": "fake", "kernel": "k"}}
     def make_scene(name, seed, width, height):
         return (name, width, height)
-    def pathtrace(scene, spp, max_depth, seed, backend):
+    def pathtrace(scene, spp, max_depth, seed, backend, interruptible=False):
         assert scene == ("cornell_box", 16, 16) and spp == 4 and backend == "cpu"
-        return _F(seed)
+        assert interruptible == (seed == 0)  # the first render in passes, as `trirender render` renders
+        f = _F(seed)
+        if interruptible:
+            f.meta["first_pass_seconds"] = {first_pass}
+        return f
 """)
 
 
-def _fake_tree(root: Path, label: str, rate: float, shade: float) -> None:
+def _fake_tree(root: Path, label: str, rate: float, shade: float, first_pass: float = 0.25) -> None:
     (root / label / "render").mkdir(parents=True)
-    (root / label / "render" / "__init__.py").write_text(FAKE_RENDER.format(rate=rate, shade=shade))
+    (root / label / "render" / "__init__.py").write_text(FAKE_RENDER.format(rate=rate, shade=shade,
+                                                                             first_pass=first_pass))
     (root / label / "COMMIT").write_text(label + "\n")
 
 
 def test_run_alternates_trees_and_reports_ratios_and_image_hashes(tmp_path, capsys):
-    _fake_tree(tmp_path, "old", 2.0, 0.5)
-    _fake_tree(tmp_path, "new", 3.0, 0.25)
+    _fake_tree(tmp_path, "old", 2.0, 0.5, first_pass=3.0)
+    _fake_tree(tmp_path, "new", 3.0, 0.25, first_pass=1.0)
     (tmp_path / "ORDER").write_text("old\nnew\n")
     out = tmp_path / "ab.json"
     ab.main(["run", "--dir", str(tmp_path), "--size", "16", "--spp", "4", "--repeats", "3", "--rounds", "2",
@@ -55,6 +60,9 @@ def test_run_alternates_trees_and_reports_ratios_and_image_hashes(tmp_path, caps
     assert new["ratio"] == pytest.approx(1.5) and old["ratio"] == 1.0
     assert old["rgb_sha"] != new["rgb_sha"] and old["depth_sha"] == new["depth_sha"]
     assert doc["settings"]["trees"] == ["old", "new"] and doc["machine"]["cores"] >= 1
+    # warm start: process start (imports, the scene) to the end of the first pass, from round 2 on
+    assert 3.0 <= old["warm start s"] < 3.0 + 2.0 and 1.0 <= new["warm start s"] < 1.0 + 2.0
+    assert [len(doc["results"]["runs"][t]) for t in ("old", "new")] == [2, 2]
 
 
 def test_run_names_missing_trees(tmp_path):
