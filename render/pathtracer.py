@@ -32,7 +32,7 @@ from .errors import RenderError
 from .frame import Frame
 from .notice import notice_if_slow
 from .scene import DIFFUSE, EMITTER, FAR, MAX_COORDINATE, Scene
-from .ti_frontend import memoized_frame_info, memoized_frontend
+from .ti_frontend import memoized_frame_info, memoized_frontend, patched_attributes
 
 BACKENDS = ("auto", "cpu", "gpu")
 STRATEGIES = {"mis": 0, "nee": 1, "bsdf": 2}  # must match render.pt_kernels MIS, NEE_ONLY, BSDF_ONLY
@@ -662,14 +662,8 @@ def _compile_config(**settings):
     import taichi as ti
 
     cfg = ti.lang.impl.current_cfg()
-    old = {name: getattr(cfg, name) for name in settings}
-    try:
-        for name, value in settings.items():
-            setattr(cfg, name, value)
+    with patched_attributes([(cfg, name, value) for name, value in settings.items()]):
         yield
-    finally:
-        for name, value in old.items():
-            setattr(cfg, name, value)
 
 
 # --- probes for tests -------------------------------------------------------------------------------

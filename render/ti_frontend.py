@@ -81,7 +81,7 @@ def _memo_frame_info(getframeinfo, memo: dict):
 def memoized_frame_info():
     """Within the block, ``inspect.getframeinfo`` reuses its answer for a frame it has seen at the same
     instruction (Taichi's decorators ask it about the same import-system frame again and again)."""
-    with _patched([(inspect, "getframeinfo", _memo_frame_info(inspect.getframeinfo, {}))]):
+    with patched_attributes([(inspect, "getframeinfo", _memo_frame_info(inspect.getframeinfo, {}))]):
         yield
 
 
@@ -108,7 +108,9 @@ def _patches() -> list[tuple[object, str, object]]:
 
 
 @contextlib.contextmanager
-def _patched(patches):
+def patched_attributes(patches):
+    """Within the block, each (object, attribute, value) of ``patches`` is set; on exit, however it
+    exits, every attribute gets its old value back."""
     old = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     try:
         for mod, name, new in patches:
@@ -124,5 +126,5 @@ def memoized_frontend():
     """Within the block, Taichi's frontend reuses its source-position strings and ti.funcs' source,
     and ``inspect.getframeinfo`` its answers (``memoized_frame_info``)."""
     patches = _patches()
-    with _patched(patches), memoized_frame_info():
+    with patched_attributes(patches), memoized_frame_info():
         yield bool(patches)
