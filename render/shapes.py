@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -85,13 +87,49 @@ def import_trimesh():
     return trimesh
 
 
+# trimesh's icospheres of 0..ICOSPHERE_TABLE_LEVELS - 1 subdivisions (3 is the default), stored:
+# importing trimesh (and scipy, networkx) costs a process ~0.7 s, a tenth of a 2,000-scene dataset
+# worker's life, for tables of 20-1,280 faces. ``write_icosphere_table()`` rewrites the file from
+# trimesh; the tests check that it still equals trimesh's output.
+ICOSPHERE_TABLE = Path(__file__).with_name("data") / "icospheres.npz"
+ICOSPHERE_TABLE_LEVELS = 4
+
+
+def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
+    """trimesh's unit icosphere with ``subdivisions``: vertices (V, 3) float64 and faces (T, 3)
+    int64, exactly as ``trimesh.creation.icosphere`` makes them (from the stored table when it
+    holds that level)."""
+    if 0 <= subdivisions < ICOSPHERE_TABLE_LEVELS:
+        with np.load(ICOSPHERE_TABLE) as table:
+            return table[f"vertices{subdivisions}"], table[f"faces{subdivisions}"]
+    ico = import_trimesh().creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
+    return np.asarray(ico.vertices, np.float64), np.asarray(ico.faces, np.int64)
+
+
+def write_icosphere_table(path: str | Path = ICOSPHERE_TABLE) -> Path:
+    """Store trimesh's icospheres of 0..ICOSPHERE_TABLE_LEVELS - 1 subdivisions at ``path``
+    (atomically)."""
+    trimesh = import_trimesh()
+    arrays = {}
+    for level in range(ICOSPHERE_TABLE_LEVELS):
+        ico = trimesh.creation.icosphere(subdivisions=level, radius=1.0)
+        arrays[f"vertices{level}"] = np.asarray(ico.vertices, np.float64)
+        arrays[f"faces{level}"] = np.asarray(ico.faces, np.int64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
 def make_sphere(radius=1.0, subdivisions=3, smooth=True) -> Soup:
     """Icosphere (trimesh's subdivided icosahedron) of the given radius. ``subdivisions=0,
     smooth=false`` is an icosahedron with flat faces."""
-    ico = import_trimesh().creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
-    v = np.asarray(ico.vertices, np.float64)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    p, n, uv = soup(v * radius, v, _sphere_uv(v), ico.faces)
+    v, faces = icosphere(int(subdivisions))
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    p, n, uv = soup(v * radius, v, _sphere_uv(v), faces)
     return (p, n, uv) if smooth else _flat(p, uv)
 
 

@@ -362,7 +362,7 @@ def test_ctrl_c_during_trimesh_import_is_not_swallowed():
         "sys.meta_path.insert(0, Hook())\n"
         "from render.shapes import make_sphere\n"
         "try:\n"
-        "    make_sphere()\n"
+        "    make_sphere(subdivisions=5)\n"  # not in the stored table: trimesh makes it
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n"
         "    sys.exit(0)\n"
@@ -372,6 +372,31 @@ def test_ctrl_c_during_trimesh_import_is_not_swallowed():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          preexec_fn=sigint_as_from_a_terminal)
     assert (res.returncode, res.stdout.strip()) == (0, "interrupted"), res.stdout + res.stderr
+
+
+def test_icosphere_table_equals_trimesh():
+    # the stored icospheres must be trimesh's, bit for bit: a sphere's triangles would otherwise
+    # change with the table, and with them every dataset's bytes
+    from render.shapes import ICOSPHERE_TABLE_LEVELS, icosphere
+
+    assert ICOSPHERE_TABLE_LEVELS >= 4  # 3 is the default
+    for level in range(ICOSPHERE_TABLE_LEVELS + 1):  # one past the table: trimesh's own
+        ico = trimesh.creation.icosphere(subdivisions=level, radius=1.0)
+        v, f = icosphere(level)
+        assert v.dtype == np.float64 and f.dtype == np.int64
+        assert np.array_equal(v, ico.vertices) and np.array_equal(f, ico.faces), level
+
+
+def test_built_in_spheres_and_dataset_scenes_do_not_import_trimesh():
+    # importing trimesh costs ~0.7 s, paid by every dataset worker when a sphere needed it
+    import subprocess
+
+    code = ("import sys; from render.shapes import make_sphere; from render.families import make_scene\n"
+            "make_sphere(); make_sphere(subdivisions=0, smooth=False)\n"
+            "for seed in range(20): make_scene('rooms_ring', seed=seed); make_scene('shepard_metzler', seed=seed)\n"
+            "print('trimesh' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
 
 
 def test_saving_a_mesh_built_in_code_is_refused_by_name(tmp_path):
