@@ -735,13 +735,16 @@ def render_views(bands, aovs, view_scene, view_M, view_d, view_cam, scene_tri, s
                     out_albedo, out_id, scratch_z, scratch_t, scratch_b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def render_views_serial(aovs, view_scene, view_M, view_d, view_cam, scene_tri, scene_light, scene_env, scene_envtex,
                         scene_amb, pos, pts, chunks, nrm, uvs, mat_id, obj_id, tri_cull, mtype, mbase, mrad, mrough,
                         mior, mtex, mchk, mc1, mc2, mscale, tex_data, tex_info, lights_f, lights_i, maps, shadows,
                         bias_texels, ssaa, out_rgb, out_depth, out_normal, out_albedo, out_id, scratch_z, scratch_t,
                         scratch_b):
-    """The same as ``render_views`` on one thread."""
+    """The same as ``render_views`` on one thread, without the GIL: a dataset's worker is handed its
+    next shard by a thread of the calling process, which could not run while this process held the
+    GIL through a shard's views (~0.3 s), so the worker sat idle meanwhile. (The parallel kernels
+    keep the GIL: numba's ``workqueue`` layer must not run two of them at once.)"""
     for n in range(view_scene.shape[0]):
         aov = n if aovs else 0
         render_view(n, 0, aov, 0, out_rgb.shape[1], view_scene, view_M, view_d, view_cam, scene_tri, scene_light,

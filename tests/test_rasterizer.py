@@ -437,6 +437,44 @@ def test_threads_rendering_at_once_get_their_own_outputs():
         np.testing.assert_array_equal(f.rgb, want[k % len(scenes)])
 
 
+def test_the_serial_views_kernel_lets_other_threads_run(monkeypatch):
+    # a dataset worker gets its next shard from a thread of the calling process; while this
+    # process held the GIL through a shard's serial render (~0.3 s), that thread could not run
+    import threading
+    import time
+
+    from render import raster_kernels as K
+    from render.rasterizer import rasterize_rgb
+
+    scene = render.make_scene("rooms_ring", seed=1, width=64, height=64)
+    pairs = [(scene, scene.camera)] * 400
+    rasterize_rgb(pairs[:2], parallel=False)  # compiled (or loaded) before the clock starts
+    ticks, stop, during = [0], threading.Event(), []
+
+    def tick():
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    kernel = K.render_views_serial
+
+    def timed(*args):
+        n0, t0 = ticks[0], time.perf_counter()
+        kernel(*args)
+        during.append((ticks[0] - n0, time.perf_counter() - t0))
+
+    monkeypatch.setattr(K, "render_views_serial", timed)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        rasterize_rgb(pairs, parallel=False)
+    finally:
+        stop.set()
+        ticker.join()
+    (n, seconds), = during
+    assert seconds > 0.02 and n >= 5, (n, seconds)  # with the GIL held: no tick at all
+
+
 # --- bad input -------------------------------------------------------------------------------------
 def test_resolution_too_large_is_refused_clearly():
     scene = render.cornell_box()
