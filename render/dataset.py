@@ -299,8 +299,9 @@ def generate(config: DatasetConfig, out: str | Path, *, workers: int = 0, shard_
     coordination beyond the shared seed and folder. Returns this process's manifest, with
     ``"merged": True`` when it wrote ``manifest.json`` for all the parts.
     workers: processes rendering shards at once (0: ``auto_workers``); the bytes do not depend on it.
-    Workers are spawned, so they import the calling script: call this under
-    ``if __name__ == "__main__":`` there. One run per part and folder at a time (``_part_lock``).
+    Path-traced datasets' workers are spawned, so they import the calling script: call this under
+    ``if __name__ == "__main__":`` there (raster-only ones fork on Linux; ``worker_start_method``).
+    One run per part and folder at a time (``_part_lock``).
     """
     config.check()
     if not 0 <= shard_index < num_shards:
@@ -386,11 +387,30 @@ def _submit(pool: ProcessPoolExecutor, *args):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def worker_start_method(config: DatasetConfig) -> str:
+    """How ``generate`` starts its worker processes: ``"fork"`` for raster-only datasets on Linux
+    while numba's threading layer is fork-safe (``workqueue``, which ``render.rasterizer`` selects,
+    or ``tbb``), else ``"spawn"``.
+
+    A forked worker starts with this process's imports and the kernels it has loaded. A spawned one
+    first spends ~1.2 s importing numpy, numba and the renderer, initialising numba and loading
+    its cached kernels: an eighth of a 2,000-scene run on 2 cores, during which its core does no
+    rendering. Forking is safe here: the pool forks from the main thread before the threads that
+    feed the workers start, and a raster-only run never starts Taichi, whose runtime must not be
+    forked (path-traced datasets spawn). GNU OpenMP, numba's ``omp`` layer on Linux, is not
+    fork-safe either. On other systems fork is unsafe or absent."""
+    if config.renderer != "raster" or not sys.platform.startswith("linux"):
+        return "spawn"
+    import numba
+
+    return "fork" if numba.config.THREADING_LAYER in ("workqueue", "tbb") else "spawn"
+
+
 def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], workers: int,
                        done: Callable[[int, str], None]) -> None:
-    """Render ``todo`` with this process and ``workers - 1`` spawned ones, the cores split evenly
-    between them. This process takes part rather than waiting: a fresh worker needs 1-2 s to
-    import and load its compiled kernels, about three shards' worth of this process's time.
+    """Render ``todo`` with this process and ``workers - 1`` others (``worker_start_method``), the
+    cores split evenly between them. This process takes part rather than waiting (a spawned
+    worker needs 1-2 s to import and load its compiled kernels, about two shards' worth).
     Each worker has a thread here that hands it its next shard the moment it returns one. (Handing
     them out between this process's own shards left a worker idle for up to a shard's time after
     each of its shards: a quarter of its time, in a 2,000-scene run on 2 cores.)
@@ -444,8 +464,9 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
     if config.renderer in ("raster", "both"):
         from .rasterizer import warm_up
 
-        # compile (or load) the kernels here first, so the workers find them in numba's cache: the
-        # serial views kernel when every process runs on one core (as with the default workers)
+        # compile (or load) the kernels here first, so that forked workers start with them and
+        # spawned ones find them in numba's cache: the serial views kernel when every process
+        # runs on one core (as with the default workers)
         warm_up(parallel=threads > 1)
     from .srgb8 import to_srgb8_fast
 
@@ -453,11 +474,12 @@ def _generate_parallel(config: DatasetConfig, out: Path, todo: list[int], worker
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, before))
     try:
-        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=mp.get_context("spawn"),
+        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=mp.get_context(worker_start_method(config)),
                                  initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
             # Each worker's first shard is submitted from this thread, which so starts every worker
-            # process: a worker dies with the thread that started it (PR_SET_PDEATHSIG is per thread),
-            # and the feeding threads end one by one as the shards run out.
+            # process (a fork context starts them all at the first): a worker dies with the thread
+            # that started it (PR_SET_PDEATHSIG is per thread), the feeding threads end one by one
+            # as the shards run out, and no feeding thread runs yet when a worker is forked.
             first = [(j, _submit(pool, _make_shard, config, str(out), j))
                      for _ in range(workers - 1) if (j := claim(front=False)) is not None]
             feeders = [threading.Thread(target=feed, args=(pool, j, fut), daemon=True) for j, fut in first]

@@ -75,6 +75,51 @@ def test_shard_splits_and_workers_give_the_same_bytes(reference, tmp_path):
     same_tree(reference, pool)
 
 
+def test_spawned_raster_workers_give_the_same_bytes(reference, tmp_path, monkeypatch):
+    # raster workers are forked on Linux; spawned ones (other systems, numba's omp layer) too must
+    # make the same shards
+    import render.dataset
+
+    monkeypatch.setattr(render.dataset, "worker_start_method", lambda config: "spawn")
+    generate(CFG, tmp_path / "spawned", workers=2, progress=False)
+    same_tree(reference, tmp_path / "spawned")
+
+
+def test_worker_start_method():
+    import numba
+
+    from render.dataset import worker_start_method
+
+    linux = sys.platform.startswith("linux")
+    assert worker_start_method(CFG) == ("fork" if linux else "spawn")
+    for renderer in ("path", "both"):  # Taichi's runtime must not be forked
+        assert worker_start_method(dataclasses.replace(CFG, renderer=renderer)) == "spawn"
+    layer = numba.config.THREADING_LAYER
+    try:
+        numba.config.THREADING_LAYER = "omp"  # GNU OpenMP is not fork-safe
+        assert worker_start_method(CFG) == "spawn"
+    finally:
+        numba.config.THREADING_LAYER = layer
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_raster_worker_is_forked_with_this_process_s_kernels(tmp_path):
+    # a spawned worker spent ~1.2 s importing numpy, numba and the renderer and loading the
+    # kernels before its first shard; a forked one is this process's copy (the same command line,
+    # where a spawned one runs multiprocessing's spawn_main)
+    cfg = DatasetConfig("rooms_ring", scenes=4, views=1, size=16, shard_size=1, seed=3)
+    seen: list[list[bytes]] = []
+
+    def look(j: int) -> None:
+        if not seen:
+            kids = [c for t in Path(f"/proc/{os.getpid()}/task").iterdir() for c in (t / "children").read_text().split()]
+            seen.append([Path(f"/proc/{c}/cmdline").read_bytes() for c in kids])
+
+    generate(cfg, tmp_path / "d", workers=2, progress=False, on_shard=look)
+    workers = [c for c in seen[0] if c and b"resource_tracker" not in c]
+    assert workers and all(c == Path("/proc/self/cmdline").read_bytes() for c in workers), seen
+
+
 def test_a_worker_gets_its_next_shard_while_this_process_is_busy(tmp_path):
     # A thread of the calling process hands each worker its next shard the moment it returns one.
     # Before, shards were handed out only between the calling process's own shards, which left a
