@@ -240,6 +240,19 @@ def _scene_lights(scene: Scene, pos: np.ndarray, shadows: bool, area_samples: in
     return lights_f, lights_i, faces, offset
 
 
+def _render_shadow_maps(pts: np.ndarray, chunks: np.ndarray, T: int, faces: list, maps: np.ndarray,
+                        parallel: bool | None = None) -> None:
+    """Render the ``faces`` of ``_scene_lights`` (all T triangles) into ``maps``: in parallel over
+    the faces when there are several and several numba threads (``parallel`` None), else serially
+    (the same maps either way)."""
+    if parallel is None:
+        parallel = len(faces) > 1 and numba.get_num_threads() > 1
+    kernel = K.render_shadow_maps if parallel else K.render_shadow_maps_serial
+    kernel(pts, chunks, np.array([(0, T)] * len(faces), np.int64), np.array([f[0] for f in faces], np.float64),
+           np.array([f[1] for f in faces], np.float64), np.array([f[2] for f in faces], np.int64),
+           np.array([f[3] for f in faces], np.int64), maps)
+
+
 def _rgb(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 from a grey (H, W), (H, W, 1), grey+alpha or RGB(A) image."""
     a = np.asarray(img, np.float32)
@@ -296,11 +309,7 @@ class _Packed:
                                                                   dir_res)
         self.maps = np.full(max(size, 1), np.inf, np.float32)
         if faces:
-            K.render_shadow_maps(self.pts, self.chunks, np.array([(0, T)] * len(faces), np.int64),
-                                 np.array([f[0] for f in faces], np.float64),
-                                 np.array([f[1] for f in faces], np.float64),
-                                 np.array([f[2] for f in faces], np.int64), np.array([f[3] for f in faces], np.int64),
-                                 self.maps)
+            _render_shadow_maps(self.pts, self.chunks, T, faces, self.maps)
         self.scene_tri = np.array([[0, T]], np.int64)
         self.scene_light = np.array([[0, len(self.lights_f)]], np.int64)
         self.scene_env = rad.reshape(1, 3).copy()
@@ -474,6 +483,11 @@ def warm_up(parallel: bool | None = None) -> float:
         _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, False)
     if "parallel" in want:  # the parallel one (one view per thread; with one thread the serial)
         _render([(tiny, tiny.camera), (twin, twin.camera)], 1, True, 2, 8, 8, True)
+    pos = np.array(tiny.positions, np.float32)
+    _, _, faces, size = _scene_lights(tiny, pos, True, 2, 8, 8)
+    for par in (False, True):  # both shadow-map kernels, whichever this process's thread count picks
+        _render_shadow_maps(K.corner_rows(pos), K.chunk_bounds(pos), len(pos), faces,
+                            np.full(size, np.inf, np.float32), par)
     _warmed.update(want)
     _all_behind_near(tiny, tiny.camera)
     return time.perf_counter() - t0

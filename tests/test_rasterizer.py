@@ -475,6 +475,40 @@ def test_the_serial_views_kernel_lets_other_threads_run(monkeypatch):
     assert seconds > 0.02 and n >= 5, (n, seconds)  # with the GIL held: no tick at all
 
 
+def test_shadow_maps_rendered_serially_equal_the_parallel_ones(monkeypatch):
+    # one face (a directional light), or one numba thread, renders the maps on the calling thread:
+    # launching the parallel loop cost ~0.4 ms, more than a dataset view's 256^2 map takes
+    import numba
+
+    from render import raster_kernels as K
+    from render import rasterizer as R
+
+    base = render.cornell_box()
+    scene = dataclasses.replace(base, lights=(Light("point", position=(0.1, 1.2, 0.2), intensity=(1, 1, 1)),
+                                              Light("directional", direction=(0.3, -1, 0.2), irradiance=(1, 1, 1))))
+    pos = np.array(scene.positions, np.float32)
+    _, _, faces, size = R._scene_lights(scene, pos, True, 4, 64, 128)
+    assert len(faces) > 7  # the point light's cube, the directional map, the emitter's samples' cubes
+    maps = [np.full(size, np.inf, np.float32) for _ in range(2)]
+    for m, parallel in zip(maps, (False, True)):
+        R._render_shadow_maps(K.corner_rows(pos), K.chunk_bounds(pos), len(pos), faces, m, parallel)
+    assert np.isfinite(maps[0]).mean() > 0.3
+    np.testing.assert_array_equal(maps[0], maps[1])
+    calls = []
+    monkeypatch.setattr(K, "render_shadow_maps", lambda *a: calls.append("parallel"))
+    monkeypatch.setattr(K, "render_shadow_maps_serial", lambda *a: calls.append("serial"))
+    threads = numba.get_num_threads()
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            for some in (faces[:1], faces):
+                R._render_shadow_maps(K.corner_rows(pos), K.chunk_bounds(pos), len(pos), some, maps[0])
+    finally:
+        numba.set_num_threads(threads)
+    several = "parallel" if numba.config.NUMBA_NUM_THREADS > 1 else "serial"
+    assert calls == ["serial", "serial", "serial", several]
+
+
 # --- bad input -------------------------------------------------------------------------------------
 def test_resolution_too_large_is_refused_clearly():
     scene = render.cornell_box()
