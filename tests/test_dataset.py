@@ -75,6 +75,16 @@ def test_shard_splits_and_workers_give_the_same_bytes(reference, tmp_path):
     same_tree(reference, pool)
 
 
+def test_raster_batches_of_any_size_give_the_same_bytes(reference, tmp_path, monkeypatch):
+    # a shard's views are rasterized a few scenes at a time (RASTER_BATCH_VIEWS); one scene a call
+    # must make the bytes the reference made with a whole shard in one call
+    import render.dataset
+
+    monkeypatch.setattr(render.dataset, "RASTER_BATCH_VIEWS", 1)
+    generate(CFG, tmp_path / "one", workers=1, progress=False)
+    same_tree(reference, tmp_path / "one")
+
+
 def test_spawned_raster_workers_give_the_same_bytes(reference, tmp_path, monkeypatch):
     # raster workers are forked on Linux; spawned ones (other systems, numba's omp layer) too must
     # make the same shards
