@@ -398,19 +398,32 @@ def _submit(pool: ProcessPoolExecutor, *args):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _taichi_running() -> bool:
+    """Whether this process has started Taichi's runtime."""
+    ti = sys.modules.get("taichi")
+    if ti is None:
+        return False
+    try:
+        return ti.lang.impl.get_runtime().prog is not None
+    except Exception:  # noqa: BLE001 - another Taichi than we know: assume it runs
+        return True
+
+
 def worker_start_method(config: DatasetConfig) -> str:
     """How ``generate`` starts its worker processes: ``"fork"`` for raster-only datasets on Linux
     while numba's threading layer is fork-safe (``workqueue``, which ``render.rasterizer`` selects,
-    or ``tbb``), else ``"spawn"``.
+    or ``tbb``) and this process has not started Taichi, else ``"spawn"``.
 
     A forked worker starts with this process's imports and the kernels it has loaded. A spawned one
     first spends ~1.2 s importing numpy, numba and the renderer, initialising numba and loading
     its cached kernels: an eighth of a 2,000-scene run on 2 cores, during which its core does no
     rendering. Forking is safe here: the pool forks from the main thread before the threads that
-    feed the workers start, and a raster-only run never starts Taichi, whose runtime must not be
-    forked (path-traced datasets spawn). GNU OpenMP, numba's ``omp`` layer on Linux, is not
-    fork-safe either. On other systems fork is unsafe or absent."""
-    if config.renderer != "raster" or not sys.platform.startswith("linux"):
+    feed the workers start, and the worker only rasterizes. Taichi's runtime must not be forked
+    (its thread pool, a GPU's context: a worker that freed a Taichi object would call into them),
+    so path-traced datasets spawn, and so does a process that path-traced before. GNU OpenMP,
+    numba's ``omp`` layer on Linux, is not fork-safe either. On other systems fork is unsafe or
+    absent."""
+    if config.renderer != "raster" or not sys.platform.startswith("linux") or _taichi_running():
         return "spawn"
     import numba
 

@@ -95,39 +95,57 @@ def test_spawned_raster_workers_give_the_same_bytes(reference, tmp_path, monkeyp
     same_tree(reference, tmp_path / "spawned")
 
 
-def test_worker_start_method():
+def test_worker_start_method(monkeypatch):
     import numba
 
+    import render.dataset
     from render.dataset import worker_start_method
 
     linux = sys.platform.startswith("linux")
+    monkeypatch.setattr(render.dataset, "_taichi_running", lambda: False)
     assert worker_start_method(CFG) == ("fork" if linux else "spawn")
     for renderer in ("path", "both"):  # Taichi's runtime must not be forked
         assert worker_start_method(dataclasses.replace(CFG, renderer=renderer)) == "spawn"
-    layer = numba.config.THREADING_LAYER
-    try:
-        numba.config.THREADING_LAYER = "omp"  # GNU OpenMP is not fork-safe
-        assert worker_start_method(CFG) == "spawn"
-    finally:
-        numba.config.THREADING_LAYER = layer
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")  # GNU OpenMP is not fork-safe
+    assert worker_start_method(CFG) == "spawn"
+    monkeypatch.undo()
+    from render.pathtracer import init_backend
+
+    init_backend("cpu")  # a process that path-traced before spawns its raster workers too
+    assert render.dataset._taichi_running() and worker_start_method(CFG) == "spawn"
+
+
+FORKED = """
+import json, os, sys
+from pathlib import Path
+from render.dataset import DatasetConfig, generate
+cfg = DatasetConfig("rooms_ring", scenes=4, views=1, size=16, shard_size=1, seed=3)
+seen = []
+def look(j):
+    if not seen:
+        kids = [c for t in Path(f"/proc/{os.getpid()}/task").iterdir() for c in (t / "children").read_text().split()]
+        seen.append([Path(f"/proc/{c}/cmdline").read_text() for c in kids])
+if __name__ == "__main__":
+    generate(cfg, sys.argv[1], workers=2, progress=False, on_shard=look)
+    print(json.dumps({"own": Path("/proc/self/cmdline").read_text(), "children": seen[0]}))
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_raster_worker_is_forked_with_this_process_s_kernels(tmp_path):
+def test_a_raster_worker_is_forked_with_the_calling_process_s_kernels(tmp_path):
     # a spawned worker spent ~1.2 s importing numpy, numba and the renderer and loading the
-    # kernels before its first shard; a forked one is this process's copy (the same command line,
-    # where a spawned one runs multiprocessing's spawn_main)
-    cfg = DatasetConfig("rooms_ring", scenes=4, views=1, size=16, shard_size=1, seed=3)
-    seen: list[list[bytes]] = []
-
-    def look(j: int) -> None:
-        if not seen:
-            kids = [c for t in Path(f"/proc/{os.getpid()}/task").iterdir() for c in (t / "children").read_text().split()]
-            seen.append([Path(f"/proc/{c}/cmdline").read_bytes() for c in kids])
-
-    generate(cfg, tmp_path / "d", workers=2, progress=False, on_shard=look)
-    workers = [c for c in seen[0] if c and b"resource_tracker" not in c]
-    assert workers and all(c == Path("/proc/self/cmdline").read_bytes() for c in workers), seen
+    # kernels before its first shard; a forked one is the calling process's copy (the same command
+    # line, where a spawned one runs multiprocessing's spawn_main). In a fresh process: this one
+    # may have started Taichi, and then spawns.
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "d")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    workers = [c for c in got["children"] if c and "resource_tracker" not in c]
+    assert workers and all(c == got["own"] for c in workers), got
 
 
 def test_a_worker_gets_its_next_shard_while_this_process_is_busy(tmp_path):
@@ -219,7 +237,7 @@ def test_resume_after_kill_9_is_byte_identical(reference, tmp_path):
     assert r.returncode == -signal.SIGKILL
     assert (out / "shard-00001").is_dir() and not (out / "shard-00002").exists()
     # killed from outside at an arbitrary moment while shards are being written
-    # (with the default workers: this process and a spawned one, killed together with it)
+    # (with the default workers: this process and a forked one, killed together with it)
     p = subprocess.Popen([sys.executable, str(script), str(out), "-1", "0"], env=env)
     t0 = time.time()
     while not (out / "shard-00002").exists() and time.time() - t0 < 120 and p.poll() is None:
@@ -449,7 +467,7 @@ def test_generate_cli_as_a_user_runs_it(tmp_path):
 def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_resume(tmp_path):
     out = tmp_path / "d"
     # 2,000 scenes: several seconds, so the signal comes mid-run; the whole process group gets it, as
-    # from a terminal (the parent and its spawned worker)
+    # from a terminal (the parent and its worker)
     cmd = [sys.executable, "-m", "trirender", "dataset", "generate", "rooms_ring", "--scenes", "2000", "--views", "3",
            "--size", "16", "--shard-size", "20", "--workers", "2", "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
