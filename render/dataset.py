@@ -427,6 +427,8 @@ def worker_start_method(config: DatasetConfig) -> str:
         return "spawn"
     import numba
 
+    from . import rasterizer  # noqa: F401 - (its import selects the threading layer, as for its kernels)
+
     return "fork" if numba.config.THREADING_LAYER in ("workqueue", "tbb") else "spawn"
 
 
