@@ -127,7 +127,15 @@ def look(j):
         seen.append([Path(f"/proc/{c}/cmdline").read_text() for c in kids])
 if __name__ == "__main__":
     generate(cfg, sys.argv[1], workers=2, progress=False, on_shard=look)
-    print(json.dumps({"own": Path("/proc/self/cmdline").read_text(), "children": seen[0]}))
+    # as on a 4-core machine: two processes of two numba threads, whose parallel kernels the
+    # calling process launched before the fork (numba's workqueue pool must work in the worker)
+    import render.dataset
+    from render.rasterizer import warm_up
+
+    warm_up()
+    render.dataset.usable_cores = lambda: 4
+    m = generate(cfg, sys.argv[1] + "-4", workers=2, progress=False)
+    print(json.dumps({"own": Path("/proc/self/cmdline").read_text(), "children": seen[0], "shards": m["shards"]}))
 """
 
 
@@ -146,6 +154,9 @@ def test_a_raster_worker_is_forked_with_the_calling_process_s_kernels(tmp_path):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     workers = [c for c in got["children"] if c and "resource_tracker" not in c]
     assert workers and all(c == got["own"] for c in workers), got
+    one = generate(DatasetConfig("rooms_ring", scenes=4, views=1, size=16, shard_size=1, seed=3), tmp_path / "one",
+                   workers=1, progress=False)
+    assert got["shards"] == one["shards"]
 
 
 def test_a_worker_gets_its_next_shard_while_this_process_is_busy(tmp_path):
