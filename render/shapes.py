@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import signal
 import sys
 from pathlib import Path
@@ -102,6 +101,10 @@ def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     if 0 <= subdivisions < ICOSPHERE_TABLE_LEVELS:
         with np.load(ICOSPHERE_TABLE) as table:
             return table[f"vertices{subdivisions}"], table[f"faces{subdivisions}"]
+    return _trimesh_icosphere(subdivisions)
+
+
+def _trimesh_icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     ico = import_trimesh().creation.icosphere(subdivisions=int(subdivisions), radius=1.0)
     return np.asarray(ico.vertices, np.float64), np.asarray(ico.faces, np.int64)
 
@@ -109,19 +112,14 @@ def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
 def write_icosphere_table(path: str | Path = ICOSPHERE_TABLE) -> Path:
     """Store trimesh's icospheres of 0..ICOSPHERE_TABLE_LEVELS - 1 subdivisions at ``path``
     (atomically)."""
-    trimesh = import_trimesh()
+    from .image_io import atomic_path
+
     arrays = {}
     for level in range(ICOSPHERE_TABLE_LEVELS):
-        ico = trimesh.creation.icosphere(subdivisions=level, radius=1.0)
-        arrays[f"vertices{level}"] = np.asarray(ico.vertices, np.float64)
-        arrays[f"faces{level}"] = np.asarray(ico.faces, np.int64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
-    return path
+        arrays[f"vertices{level}"], arrays[f"faces{level}"] = _trimesh_icosphere(level)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+    return Path(path)
 
 
 def make_sphere(radius=1.0, subdivisions=3, smooth=True) -> Soup:
