@@ -366,9 +366,9 @@ def scene_from_dict(desc: dict[str, Any], source: str = "<dict>", base_dir: str 
         if not keep.any():
             what = "light" if materials[mat_index[spec.material]].type == "emitter" else "object"
             raise SceneError(source, field_path(loc), f"zero-area {what}: every triangle is degenerate; expected triangles with non-zero area")
-        if not keep.all():
+        if not keep.all():  # (indexing by a mask of all True would copy every array for nothing)
             warnings.warn(f"{source}: {field_path(loc)}: dropped {int((~keep).sum())} degenerate triangle(s)", stacklevel=2)
-        p, n, uv = p[keep], n[keep], uv[keep]
+            p, n, uv = p[keep], n[keep], uv[keep]
         name = spec.name or f"{spec.shape}{i}"
         records.append(SceneObject(name=name, shape=spec.shape, material=spec.material, params=params,
                                    translate=tuple(spec.translate), rotate=tuple(spec.rotate), scale=tuple(spec.scale)))
