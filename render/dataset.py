@@ -589,6 +589,13 @@ def verify(out: str | Path) -> list[str]:
     return problems
 
 
+def _sheet_title(name: str, manifest: dict, images: str) -> str:
+    """A contact sheet's title; for a paired dataset (``both``) it says which images it shows."""
+    m = manifest
+    shown = (" (path-traced images)" if images == "images_path" else " (raster images)") if m["renderer"] == "both" else ""
+    return f"{name}: {m['family']}, {m['renderer']}{shown}, {m['image_size']}px, seed {m['seed']}"
+
+
 def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.png", images: str = "images") -> Path:
     """A PNG with one row per scene (its views in order) and the 7 viewpoint numbers under each view."""
     import matplotlib
@@ -628,7 +635,7 @@ def contact_sheet(out: str | Path, scenes: int = 8, path: str | Path = "sheet.pn
             if c == 0:
                 ax.set_ylabel(f"scene {r}", fontsize=6)
     # the title 0.05 inch from the top and 0.3 inch kept for it, however many rows
-    fig.suptitle(f"{out.name}: {m['family']}, {m['renderer']}, {m['image_size']}px, seed {m['seed']}", fontsize=8,
+    fig.suptitle(_sheet_title(out.name, m, images), fontsize=8,
                  y=1.0 - 0.05 / (1.55 * rows), va="top")
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.3 / (1.55 * rows)))
     path = Path(path)

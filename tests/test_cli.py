@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import trimesh
@@ -60,6 +61,8 @@ def test_bench_verb_runs_a_bench_script_and_saves_its_json(tmp_path):
     assert row["what"].startswith("generate path 1 spp") and row["views"] == 1 and row["rate"] > 0
     res = run("bench", "nope")
     assert res.returncode == 2 and "expected one of: pathtracer, raster, dataset, train" in " ".join(res.stderr.split())
+    res = run("bench", "raster", "--", "--help")  # the script's own options, under the name that ran it
+    assert res.returncode == 0 and res.stdout.startswith("usage: trirender bench raster [-h]"), res.stdout
 
 
 def test_scene_generate_then_info_round_trips(tmp_path):
@@ -76,6 +79,7 @@ def test_scene_convert_glb(tmp_path):
     box.export(tmp_path / "box.glb")
     res = run("scene", "convert", str(tmp_path / "box.glb"), "--out", str(tmp_path / "out" / "box.toml"))
     assert res.returncode == 0, res.stderr
+    assert "(12 triangles, 1 object)" in res.stdout, res.stdout
     s = load_toml(tmp_path / "out" / "box.toml")
     assert s.num_triangles == 12 and s.lights and (s.camera.width, s.camera.height) == (512, 512)
     assert "../box.glb" in (tmp_path / "out" / "box.toml").read_text()
@@ -129,6 +133,10 @@ def test_scene_convert_glb(tmp_path):
      "1 pixel(s) are not finite"),
     (("convergence", "cornell_box", "--width", "4", "--height", "4", "--reference", "grey.exr"),
      "1 channel(s); expected an RGB image"),
+    # an 8-bit reference cannot hold radiance above 1: convergence plots linear RMSE only
+    (("convergence", "cornell_box", "--width", "4", "--height", "4", "--reference", "r8.png"),
+     ("--reference r8.png: a .png image holds display values in [0, 1] (sRGB-decoded), not radiance above 1; "
+      "expected a linear EXR, since convergence measures linear RMSE")),
     (("compare", "cornell_box", "--spp", "99999999999"), "--spp"),
     (("compare", "cornell_box", "--camera", "1"), "scene has 1 camera(s); expected 0..0"),
     (("compare", "cornell_box", "--neural", "badrun"), "badrun/checkpoint.pt: cannot be read"),
@@ -160,6 +168,7 @@ def test_bad_input_is_one_or_two_lines_and_non_zero(tmp_path, args, words, cli_i
     nan[1, 2, 0] = np.nan
     write_exr(tmp_path / "nan.exr", nan)
     write_exr(tmp_path / "grey.exr", np.zeros((4, 4), np.float32))
+    iio.imwrite(tmp_path / "r8.png", np.full((4, 4, 3), 128, np.uint8))
     (tmp_path / "[x]" / "empty.toml").write_text('[camera]\nposition = [0.0, 0.0, 3.0]\nlook_at = [0.0, 0.0, 0.0]\n')
     res = cli_in_process(*args, cwd=tmp_path)  # main() as the console script calls it (a subprocess each: 40 s)
     assert res.returncode == 2, (res.returncode, res.stderr)
@@ -282,10 +291,14 @@ def test_compare_renders_the_chosen_camera(tmp_path):
         '[[cameras]]\nposition = [3.0, 0.0, 0.0]\nlook_at = [0.0, 0.0, 0.0]\nwidth = 12\nheight = 10\n'
         '[materials.white]\ntype = "diffuse"\n[[objects]]\nshape = "sphere"\nmaterial = "white"\n'
         '[environment]\nradiance = [1.0, 1.0, 1.0]\n')
-    res = run("compare", "two.toml", "--camera", "1", "--spp", "1", "--json", "c.json", cwd=tmp_path)
+    iio.imwrite(tmp_path / "r8.png", np.full((10, 12, 3), 128, np.uint8))
+    res = run("compare", "two.toml", "--camera", "1", "--spp", "1", "--json", "c.json", "--reference", "r8.png",
+              cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     c = json.loads((tmp_path / "c.json").read_text())
     assert (c["width"], c["height"]) == (12, 10)
+    # an 8-bit reference is scored, with a note that its linear metrics undercount radiance above 1
+    assert "note: --reference r8.png: a .png image holds display values in [0, 1]" in res.stderr, res.stderr
 
 
 def test_aov_option_takes_a_list_or_repeats(tmp_path):

@@ -429,6 +429,11 @@ def test_both_renderers_store_paired_images(tmp_path):
     imgs, _ = views.gather(np.array([0]), np.array([[1, 0]]))
     np.testing.assert_array_equal(imgs[0, 0], sh.images_path[0, 1])
     assert contact_sheet(tmp_path, 1, tmp_path / "sheet.png", "images_path").is_file()
+    from render.dataset import _sheet_title
+
+    m = json.loads((tmp_path / "manifest.json").read_text())  # the sheet's title says which images it shows
+    assert _sheet_title("d", m, "images_path") == "d: cornell_box, both (path-traced images), 16px, seed 0"
+    assert _sheet_title("d", m, "images") == "d: cornell_box, both (raster images), 16px, seed 0"
 
 
 def test_contact_sheet_of_path_images_needs_a_both_dataset(reference, tmp_path):

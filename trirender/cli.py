@@ -142,7 +142,7 @@ def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ri
         raise typer.BadParameter(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES)}", param_hint="FAMILY")
     s = make_scene(family, seed=seed)
     save_scene(s, out_path)
-    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {len(s.objects)} objects)")
+    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {_count(len(s.objects), 'object')})")
 
 
 @scene_app.command("convert")
@@ -160,7 +160,7 @@ def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/g
     else:
         s = load_scene(src)
     save_scene(s, out_path)
-    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {len(s.objects)} objects)")
+    out.print(f"wrote {out_path} ({s.num_triangles} triangles, {_count(len(s.objects), 'object')})")
 
 
 # --- render ---------------------------------------------------------------------------------------
@@ -242,21 +242,26 @@ def render_cmd(
 
 
 # --- compare --------------------------------------------------------------------------------------
-def _reference(path: Optional[Path], cam):
-    """The reference image (linear float32 (H, W, 3)) checked against the camera's size, or None."""
+def _reference(path: Optional[Path], cam, linear_metrics_only: bool = False):
+    """The reference image (linear float32 (H, W, 3)) checked against the camera's size, or None.
+    A PNG or JPEG reference is sRGB-decoded from 8 or 16 bits, so it cannot hold radiance above 1
+    (an emitter, a highlight): PSNR and SSIM, taken on the clipped sRGB images, stay fair, RMSE and
+    MAE on linear values do not. ``linear_metrics_only`` (convergence, which plots RMSE alone)
+    refuses such a file; otherwise a note says so."""
     from render import RenderError, read_image
 
     if path is None:
         return None
+    want = "a linear EXR" if linear_metrics_only else "a linear EXR (or PNG)"
     if not path.is_file():
-        raise RenderError(f"--reference {path}: file not found; expected a linear EXR (or PNG) of the scene")
+        raise RenderError(f"--reference {path}: file not found; expected {want} of the scene")
     import numpy as np
 
     try:
         ref = read_image(path)
     except Exception as exc:  # not an image, or a format imageio cannot read
         raise RenderError(f"--reference {path}: cannot read it as an image ({type(exc).__name__}: {exc}); "
-                          "expected a linear EXR (or PNG) of the scene") from None
+                          f"expected {want} of the scene") from None
     channels = ref.shape[2] if ref.ndim == 3 else 1
     if channels < 3:
         raise RenderError(f"--reference {path}: {channels} channel(s); expected an RGB image")
@@ -267,6 +272,12 @@ def _reference(path: Optional[Path], cam):
     bad = int((~np.isfinite(ref)).any(axis=2).sum())
     if bad:
         raise RenderError(f"--reference {path}: {bad} pixel(s) are not finite; expected finite radiance")
+    if path.suffix.lower() != ".exr":
+        why = (f"--reference {path}: a {path.suffix or 'non-EXR'} image holds display values in [0, 1] (sRGB-decoded), "
+               "not radiance above 1")
+        if linear_metrics_only:
+            raise RenderError(f"{why}; expected a linear EXR, since convergence measures linear RMSE")
+        err.print(f"note: {why}; PSNR and SSIM against it are fair, RMSE and MAE are not (a linear EXR keeps them)")
     return ref
 
 
@@ -278,6 +289,11 @@ def _option_name(ctx, param: str) -> str:
             opts = p.secondary_opts if ctx.params.get(param) is False and p.secondary_opts else p.opts
             return max(opts, key=len).lstrip("-")
     return param
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 object', '3 objects'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _camera_for(s, width, height, index: int = 0):
@@ -309,7 +325,8 @@ def compare_cmd(
     width: Optional[int] = Width,
     height: Optional[int] = Height,
     camera_index: int = CameraIndex,
-    reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR."),
+    reference: Optional[Path] = typer.Option(None, help="Also score each image against this linear EXR (a PNG "
+                                                  "scores PSNR and SSIM fairly, not RMSE)."),
     neural: Optional[Path] = typer.Option(None, help="A training run folder: add the GQN's rendering as a third "
                                                      "column (all images at the model's size, e.g. 64x64)."),
     context: int = typer.Option(3, min=1, help="With --neural: context views rendered by the rasterizer."),
@@ -417,7 +434,7 @@ def convergence_cmd(
     check_outputs(*outputs, inputs=((reference, "--reference's input"),))
     s = _load(scene, seed, outputs)
     cam = _camera_for(s, width, height, camera_index)
-    ref = _reference(reference, cam)
+    ref = _reference(reference, cam, linear_metrics_only=True)
     ref_note = reference.name if reference else ""
     if ref is None:
         ref_spp = 16 * max_spp
@@ -554,7 +571,12 @@ def bench_cmd(ctx: typer.Context,
     if name not in BENCHES:
         raise typer.BadParameter(f"unknown benchmark {name!r}; expected one of: {', '.join(BENCHES)}", param_hint="NAME")
     module = importlib.import_module(f"bench.{name}")
-    module.main(list(ctx.args))
+    argv0 = sys.argv[0]
+    sys.argv[0] = f"trirender bench {name}"  # the script's argparse names itself by it (usage, errors)
+    try:
+        module.main(list(ctx.args))
+    finally:
+        sys.argv[0] = argv0
 
 
 from .cli_neural import register as _register_neural  # noqa: E402
