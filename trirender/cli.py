@@ -218,7 +218,7 @@ def render_cmd(
         from render import rasterize
         from render.notice import notice_if_slow
 
-        with notice_if_slow("compiling the rasterizer's numba kernels (first run only, about half a minute; later "
+        with notice_if_slow("compiling the rasterizer's numba kernels (first run only, under a minute; later "
                             "runs load them from numba's cache)"):
             frame = rasterize(s, cam, ssaa=ssaa, shadows=shadows)
     else:
