@@ -15,11 +15,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+# `trirender --help` lists the verbs in the order of the work: scenes, pictures, datasets, learning
+VERB_ORDER = ("scene", "render", "compare", "convergence", "dataset", "train", "eval", "novel", "bench")
+
+
+class _Verbs(TyperGroup):
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: VERB_ORDER.index(n) if n in VERB_ORDER else len(VERB_ORDER))
+
+
+# Each command's short_help is its line in the parent's --help (click cuts a longer first sentence
+# short with "...").
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, cls=_Verbs,
                   help="Render, compare and learn scenes: path tracer, rasterizer and GQN neural renderer.")
 scene_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and convert scenes.")
-app.add_typer(scene_app, name="scene", help="Inspect, generate and convert scenes (info, generate, convert).")
+app.add_typer(scene_app, name="scene", help="Inspect, generate and convert scenes (info, generate, convert).",
+              short_help="Inspect, generate and convert scenes.")
 
 # never wrap messages (scripts parse them); no rich markup: file names and messages may hold brackets
 out = Console(soft_wrap=True, markup=False, highlight=False)
@@ -145,7 +159,7 @@ def scene_generate(family: str = typer.Argument(..., help="cornell_box, rooms_ri
     out.print(f"wrote {out_path} ({s.num_triangles} triangles, {_count(len(s.objects), 'object')})")
 
 
-@scene_app.command("convert")
+@scene_app.command("convert", short_help="Convert a mesh/scene file into a TOML scene.")
 def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/glTF, OBJ, PLY, STL) or a TOML scene."),
                   out_path: Path = typer.Option(..., "--out", help="TOML file to write."),
                   width: int = typer.Option(512, min=1, max=MAX_SIDE, help="Image width of the framing camera."),
@@ -164,7 +178,7 @@ def scene_convert(src: Path = typer.Argument(..., help="A mesh/scene file (GLB/g
 
 
 # --- render ---------------------------------------------------------------------------------------
-@app.command("render")
+@app.command("render", short_help="Render a scene with the rasterizer or the path tracer.")
 def render_cmd(
     ctx: typer.Context,
     scene: str = SceneArg,
@@ -312,7 +326,7 @@ def _camera_for(s, width, height, index: int = 0):
     return cam
 
 
-@app.command("compare")
+@app.command("compare", short_help="Raster | path-traced | error map, with the metrics.")
 def compare_cmd(
     scene: str = SceneArg,
     out_path: Path = typer.Option(Path("compare.png"), "--out", help="The picture: raster | path-traced | error heat map."),
@@ -402,7 +416,7 @@ def compare_cmd(
     out.print(f"wrote {out_path}" + (f" and {json_out}" if json_out else ""))
 
 
-@app.command("convergence")
+@app.command("convergence", short_help="Plot the path tracer's RMSE against spp.")
 def convergence_cmd(
     scene: str = SceneArg,
     max_spp: int = typer.Option(64, min=1, max=MAX_SPP, help="Largest spp; the path tracer runs at 1, 2, 4, ... and "
@@ -464,10 +478,11 @@ def _check_ssaa(ssaa: int) -> None:
 
 # --- dataset --------------------------------------------------------------------------------------
 dataset_app = typer.Typer(no_args_is_help=True, help="Generate, verify, merge and show datasets for the neural renderer.")
-app.add_typer(dataset_app, name="dataset", help="Datasets for the neural renderer (generate, verify, merge, show).")
+app.add_typer(dataset_app, name="dataset", help="Datasets for the neural renderer (generate, verify, merge, show).",
+              short_help="Generate, verify, merge and show datasets.")
 
 
-@dataset_app.command("generate")
+@dataset_app.command("generate", short_help="Render a dataset into checksummed, resumable shards.")
 def dataset_generate(
     family: str = typer.Argument(..., help="Scene family: rooms_ring, shepard_metzler, cornell_box."),
     out_dir: Path = typer.Option(..., "--out", help="Dataset folder (created; an interrupted run resumes in it)."),
@@ -509,7 +524,7 @@ def dataset_generate(
     out.print(f"{out_dir}: {n} scenes x {views} views in {len(m['shards'])} shard(s), {m['seconds']:.1f}s{part}")
 
 
-@dataset_app.command("verify")
+@dataset_app.command("verify", short_help="Recompute checksums; name bad or missing shards.")
 def dataset_verify(data: Path = typer.Argument(..., help="Dataset folder.")):
     """Recompute every shard's checksums and name any bad or missing shard."""
     from render.dataset import verify
@@ -543,7 +558,7 @@ def dataset_merge(data: Path = typer.Argument(..., help="Dataset folder written 
     out.print(f"{data}: manifest.json lists {len(m['shards'])} shards")
 
 
-@dataset_app.command("show")
+@dataset_app.command("show", short_help="Write a contact sheet: a row of views per scene.")
 def dataset_show(data: Path = typer.Argument(..., help="Dataset folder."),
                  scenes: int = typer.Option(8, min=1, help="Rows (scenes) on the sheet."),
                  out_path: Path = typer.Option(Path("sheet.png"), "--out", help="PNG to write."),
@@ -560,7 +575,8 @@ def dataset_show(data: Path = typer.Argument(..., help="Dataset folder."),
 BENCHES = ("pathtracer", "raster", "dataset", "train")
 
 
-@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             short_help="Run a benchmark of bench/ (a table and JSON).")
 def bench_cmd(ctx: typer.Context,
               name: str = typer.Argument(..., help="pathtracer, raster, dataset or train.")):
     """Run a benchmark of bench/ (prints a table, saves JSON with the machine, versions and settings);

@@ -87,7 +87,7 @@ class ImageKind(str, Enum):  # a dataset's images: rasterized or path-traced (ne
 def register(app: typer.Typer) -> None:
     """Add the neural verbs to ``app``."""
 
-    @app.command("train")
+    @app.command("train", short_help="Train a GQN on a dataset (resumable).")
     def train_cmd(
         data: Path = typer.Argument(..., help="Dataset folder (trirender dataset generate)."),
         out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, logs."),
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         if s["interrupted"]:
             raise typer.Exit(130)  # as an interrupted command should (128 + SIGINT), after saving
 
-    @app.command("eval")
+    @app.command("eval", short_help="Score a model against nearest-view and mean-image baselines.")
     def eval_cmd(
         run: Path = typer.Argument(..., help="Run folder written by trirender train."),
         data: Path = typer.Option(..., "--data", help="Held-out dataset folder."),
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
             write_json_atomic(json_out, report)
             print(f"wrote {json_out}")
 
-    @app.command("novel")
+    @app.command("novel", short_help="Render an orbit of novel views with a trained model.")
     def novel_cmd(
         run: Path = typer.Argument(..., help="Run folder written by trirender train."),
         out: Path = typer.Option(Path("orbit.gif"), "--out", help="The orbit GIF."),
