@@ -337,8 +337,9 @@ def render_shadow_maps(pts, chunks, job_tri, job_M, job_d, job_off, job_res, map
     no_cull = np.zeros(pts.shape[1] // 3, np.int32)
     dummy_t = np.zeros((1, 1), np.int32)
     dummy_b = np.zeros((1, 1, 2), np.float32)
-    for j in prange(job_tri.shape[0]):
-        _shadow_map_face(pts, chunks, job_tri, job_M, job_d, job_off, job_res, maps, j, no_cull, dummy_t, dummy_b)
+    for j in prange(job_tri.shape[0]):  # (prange's index is unsigned: as int64 the face compiles once, not twice)
+        _shadow_map_face(pts, chunks, job_tri, job_M, job_d, job_off, job_res, maps, np.int64(j), no_cull, dummy_t,
+                         dummy_b)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
