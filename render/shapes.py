@@ -97,11 +97,21 @@ ICOSPHERE_TABLE_LEVELS = 4
 def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     """trimesh's unit icosphere with ``subdivisions``: vertices (V, 3) float64 and faces (T, 3)
     int64, exactly as ``trimesh.creation.icosphere`` makes them (from the stored table when it
-    holds that level)."""
+    holds that level). The arrays are read-only (shared by every call)."""
     if 0 <= subdivisions < ICOSPHERE_TABLE_LEVELS:
-        with np.load(ICOSPHERE_TABLE) as table:
-            return table[f"vertices{subdivisions}"], table[f"faces{subdivisions}"]
+        return _icosphere_table()[subdivisions]
     return _trimesh_icosphere(subdivisions)
+
+
+@functools.lru_cache(maxsize=1)
+def _icosphere_table() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The stored levels, read once per process (a sphere of each new radius asked for one)."""
+    with np.load(ICOSPHERE_TABLE) as table:
+        levels = tuple((table[f"vertices{k}"], table[f"faces{k}"]) for k in range(ICOSPHERE_TABLE_LEVELS))
+    for arrays in levels:
+        for a in arrays:
+            a.flags.writeable = False
+    return levels
 
 
 def _trimesh_icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
